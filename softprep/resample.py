@@ -1,0 +1,193 @@
+"""Apply tap tables (:mod:`softprep.kernels`) to pixels: colour images and label maps.
+
+This is the only module that touches pixels. The colour image and the soft label of a sample
+are computed from the very same :class:`~softprep.kernels.AxisWeights`, so they are paired by
+construction.
+
+Soft labels never materialise the ``(C, H, W)`` one-hot volume. Most output pixels see a single
+class under their kernel window; they are found with run-length bookkeeping (a pixel is
+single-class iff no label change falls inside its window, in either axis) and written directly.
+Only the remaining multi-class pixels gather their windows and sum weights per class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from softprep.kernels import AxisWeights
+from softprep.softlabel import EMPTY, SoftLabel, from_sparse_rows
+
+#: Label value that marks unlabelled pixels in train-id maps.
+IGNORE_INDEX = 255
+
+
+def resize_image(image: np.ndarray, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:
+    """Resample a colour image.
+
+    Args:
+        image: ``(H, W, 3) uint8`` (any trailing channel count works).
+        wy, wx: tap tables ``H -> H'`` and ``W -> W'``.
+
+    Returns:
+        ``(H', W', 3) uint8``, rounded to nearest and clipped to [0, 255].
+    """
+    rows = _apply_taps(image, wy, axis=0)
+    both = _apply_taps(rows, wx, axis=1)
+    return np.clip(np.rint(both), 0, 255).astype(np.uint8)
+
+
+def _apply_taps(array: np.ndarray, taps: AxisWeights, axis: int) -> np.ndarray:
+    out = None
+    shape = [1] * array.ndim
+    shape[axis] = taps.out_size
+    for t in range(taps.taps):
+        weight = taps.weight[:, t].astype(np.float32).reshape(shape)
+        term = np.take(array, taps.index[:, t], axis=axis) * weight
+        out = term if out is None else out + term
+    return out
+
+
+def nearest_labels(label: np.ndarray, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:
+    """``(H', W')`` label map sampled at the first tap of each axis (for ``nearest`` tables:
+    torch's ``mode="nearest"``)."""
+    return label[np.ix_(wy.index[:, 0], wx.index[:, 0])]
+
+
+@dataclass(frozen=True)
+class PreparedLabel:
+    """A label map readied for soft labelling at several scales (shared work done once).
+
+    Attributes:
+        codes: ``(H, W) uint8`` class ids with ignore replaced by ``num_classes`` (the void code).
+        row_changes: ``(H, W) int32`` per row, the running count of label changes from the left.
+        num_classes: ``C``.
+    """
+
+    codes: np.ndarray
+    row_changes: np.ndarray
+    num_classes: int
+
+
+def prepare_label(label: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> PreparedLabel:
+    """Validate ``label`` (``(H, W) uint8`` train ids, ``ignore_index`` for unlabelled) and
+    precompute what every scale needs."""
+    if label.ndim != 2:
+        raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
+    if num_classes >= EMPTY:
+        raise ValueError(f"at most {EMPTY - 1} classes are supported, got {num_classes}")
+    codes = label.astype(np.uint8, copy=True)
+    codes[label == ignore_index] = num_classes
+    if codes.max(initial=0) > num_classes:
+        bad = int(label[(codes > num_classes)].flat[0])
+        raise ValueError(f"label value {bad} is neither a class id (< {num_classes}) nor ignore ({ignore_index})")
+    changes = np.zeros(codes.shape, dtype=np.int32)
+    np.cumsum(codes[:, 1:] != codes[:, :-1], axis=1, out=changes[:, 1:])
+    return PreparedLabel(codes, changes, num_classes)
+
+
+def soft_label(
+    label: np.ndarray | PreparedLabel,
+    wy: AxisWeights,
+    wx: AxisWeights,
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> SoftLabel:
+    """Downsample a label map into a soft label with the kernel of ``wy`` and ``wx``.
+
+    Each output pixel gets, per class, the sum of the 2-D weights ``wy[u, h] * wx[v, w]`` of
+    the source pixels of that class; weights over ignore pixels are left out, so a pixel's
+    weights sum to its valid fraction.
+
+    Negative weights (``bicubic``): a class's raw sum ``r_c`` can fall below 0 or rise above 1.
+    The soft label keeps a distribution: ``s_c = max(r_c, 0)``, rescaled so that ``sum_c s_c``
+    equals the valid fraction ``clip(sum_c r_c, 0, 1)``. Where every ``r_c >= 0`` and no ignore
+    is near, this is ``r_c`` unchanged.
+
+    Args:
+        label: ``(H, W) uint8`` train ids, or a :class:`PreparedLabel` (then ``num_classes``
+            and ``ignore_index`` come from it).
+        wy, wx: tap tables ``H -> H'`` and ``W -> W'``.
+        num_classes: ``C``.
+
+    Returns:
+        :class:`SoftLabel` of shape ``(H', W')``; exact integer weights when both tables are exact.
+    """
+    if not isinstance(label, PreparedLabel):
+        if num_classes is None:
+            raise TypeError("num_classes is required with a raw label map")
+        label = prepare_label(label, num_classes, ignore_index)
+    codes, void = label.codes, label.num_classes
+    shape = (wy.out_size, wx.out_size)
+    pure = _single_class_pixels(label, wy, wx)
+
+    exact = wy.denominator is not None and wx.denominator is not None
+    denominator = wy.denominator * wx.denominator if exact else None
+
+    pure_index = np.flatnonzero(pure)
+    pure_class = codes[wy.index[:, 0]][:, wx.index[:, 0]].ravel()[pure_index]
+    pure_class = np.where(pure_class == void, EMPTY, pure_class).astype(np.uint8)
+
+    mixed_index = np.flatnonzero(~pure)
+    mass = _mixed_class_mass(codes, void, mixed_index, shape, wy, wx, exact)
+    return from_sparse_rows(
+        shape, pure_index, pure_class, denominator if exact else 1.0,
+        mixed_index, mass, void, denominator,
+    )
+
+
+def _single_class_pixels(label: PreparedLabel, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:
+    """``(H', W') bool``: True where every source pixel in the kernel window has the same code.
+
+    Conservative: a window is the index range ``[min tap, max tap]`` of each axis.
+    """
+    x_lo, x_hi = wx.index.min(axis=1), wx.index.max(axis=1)
+    y_lo, y_hi = wy.index.min(axis=1), wy.index.max(axis=1)
+    rows = np.arange(label.codes.shape[0])[:, None]
+    # Per source row h and output column v: is the row's window constant, and with which code?
+    row_pure = label.row_changes[:, x_hi] == label.row_changes[:, x_lo]  # (H, W')
+    row_code = label.codes[rows, x_lo]  # (H, W')
+    # Then per output pixel: are all rows of its window constant and of one code? Windows are
+    # short vertically, so walk their rows (clamped at each window's end) rather than cumsum.
+    first_code = row_code[y_lo]
+    pure = row_pure[y_lo].copy()
+    for offset in range(1, int((y_hi - y_lo).max()) + 1):
+        rows = np.minimum(y_lo + offset, y_hi)
+        pure &= row_pure[rows]
+        pure &= row_code[rows] == first_code
+    return pure
+
+
+def _mixed_class_mass(
+    codes: np.ndarray,
+    void: int,
+    mixed_index: np.ndarray,
+    shape: tuple[int, int],
+    wy: AxisWeights,
+    wx: AxisWeights,
+    exact: bool,
+) -> np.ndarray:
+    """``(M, C)`` class weights of the multi-class pixels (integer numerators when ``exact``)."""
+    u, v = np.divmod(mixed_index, shape[1])
+    window = codes[wy.index[u][:, :, None], wx.index[v][:, None, :]]  # (M, Ty, Tx)
+    if exact:
+        weight = wy.int_weight()[u][:, :, None] * wx.int_weight()[v][:, None, :]
+    else:
+        weight = wy.weight[u][:, :, None] * wx.weight[v][:, None, :]
+    bins = np.arange(len(u))[:, None, None] * (void + 1) + window
+    mass = np.bincount(bins.ravel(), weights=weight.ravel().astype(np.float64), minlength=len(u) * (void + 1))
+    mass = mass.reshape(len(u), void + 1)[:, :void]
+    if exact:
+        return np.rint(mass).astype(np.int64)
+    if (wy.weight < 0).any() or (wx.weight < 0).any():
+        mass = _clamp_to_distribution(mass)
+    return mass
+
+
+def _clamp_to_distribution(raw: np.ndarray) -> np.ndarray:
+    """Negative-weight kernels: clamp class weights at 0, rescale to ``clip(sum, 0, 1)``."""
+    valid = np.clip(raw.sum(axis=1, keepdims=True), 0.0, 1.0)
+    clamped = np.maximum(raw, 0.0)
+    total = clamped.sum(axis=1, keepdims=True)
+    return np.divide(clamped * valid, total, out=np.zeros_like(clamped), where=total > 0)

@@ -1,0 +1,137 @@
+"""The soft-label value: a sparse per-pixel class distribution, and its dense / hard views.
+
+A soft label at ``(H', W')`` is stored as ``K`` *planes* of ``(class, weight)`` pairs per pixel,
+sorted by weight, largest first (ties: lower class first). Plane 0 is the dominant class, so the
+argmax map is plane 0 itself. Unused slots hold class ``EMPTY`` (255) and weight 0. ``K`` is the
+largest number of classes any pixel of the image carries: nothing is ever dropped.
+
+Weights are *not* renormalised over valid pixels: the weights of a pixel sum to its *valid
+fraction*, the share of its kernel mass that fell on labelled (non-ignore) source pixels.
+A pixel wholly over ignore has no classes (valid fraction 0).
+
+Weights are exact integers over ``denominator`` when the kernel's weights allow it (``uint8``
+when ``denominator <= 255``, else ``uint16``), ``float32`` otherwise (``denominator is None``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Class code of an unused slot, and of an ignored pixel in a hard label map.
+EMPTY = 255
+
+
+def weight_dtype(denominator: int | None) -> np.dtype:
+    """Storage dtype of weights for a given common denominator (``None``: float)."""
+    if denominator is None:
+        return np.dtype(np.float32)
+    return np.dtype(np.uint8) if denominator <= 255 else np.dtype(np.uint16)
+
+
+@dataclass
+class SoftLabel:
+    """Sparse soft label of one image at one scale.
+
+    Attributes:
+        classes: ``(K, H', W') uint8`` class of each slot, ``EMPTY`` when unused.
+        weights: ``(K, H', W')`` weight numerators (``uint8``/``uint16``) or weights (``float32``).
+        num_classes: ``C``, the number of (non-ignore) classes.
+        denominator: common denominator of integer weights, ``None`` for float weights.
+    """
+
+    classes: np.ndarray
+    weights: np.ndarray
+    num_classes: int
+    denominator: int | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H', W')``."""
+        return self.classes.shape[1:]
+
+    @property
+    def planes(self) -> int:
+        """``K``, the most classes any pixel carries."""
+        return self.classes.shape[0]
+
+    @property
+    def exact(self) -> bool:
+        return self.denominator is not None
+
+    def scaled_weights(self) -> np.ndarray:
+        """``(K, H', W') float32`` weights in [0, 1]."""
+        if self.denominator is None:
+            return self.weights.astype(np.float32, copy=False)
+        return self.weights.astype(np.float32) / np.float32(self.denominator)
+
+    def dense(self) -> np.ndarray:
+        """``(C, H', W') float32`` per-class weights; sums over C to the valid fraction."""
+        h, w = self.shape
+        out = np.zeros((self.num_classes + 1, h * w), dtype=np.float32)
+        pixel = np.arange(h * w)
+        values = self.scaled_weights()
+        for k in range(self.planes):
+            cls = self.classes[k].ravel()
+            # EMPTY slots land on the spare row C (weight 0) and are cut off below.
+            out[np.minimum(cls, self.num_classes), pixel] += values[k].ravel()
+        return out[: self.num_classes].reshape(self.num_classes, h, w)
+
+    def argmax(self) -> np.ndarray:
+        """``(H', W') uint8`` the dominant class of each pixel, ``EMPTY`` where fully ignored."""
+        return self.classes[0].copy()
+
+    def valid_fraction(self) -> np.ndarray:
+        """``(H', W') float32`` share of each pixel's kernel mass on labelled source pixels."""
+        return self.scaled_weights().sum(axis=0)
+
+    def class_mass(self) -> np.ndarray:
+        """``(C,)`` total weight per class: ``int64`` numerators over ``denominator`` when exact,
+        else ``float64`` weights."""
+        dtype = np.int64 if self.exact else np.float64
+        mass = np.zeros(self.num_classes + 1, dtype=dtype)
+        for k in range(self.planes):
+            mass += np.bincount(
+                np.minimum(self.classes[k].ravel(), self.num_classes),
+                weights=self.weights[k].ravel().astype(np.float64),
+                minlength=self.num_classes + 1,
+            ).astype(dtype)
+        return mass[: self.num_classes]
+
+
+def from_sparse_rows(
+    shape: tuple[int, int],
+    pure_index: np.ndarray,
+    pure_class: np.ndarray,
+    pure_weight: float | int,
+    mixed_index: np.ndarray,
+    mixed_mass: np.ndarray,
+    num_classes: int,
+    denominator: int | None,
+) -> SoftLabel:
+    """Assemble a :class:`SoftLabel` from single-class and multi-class pixels.
+
+    Args:
+        shape: ``(H', W')``.
+        pure_index: ``(P,) int`` flat indices of single-class pixels (``EMPTY`` class: ignored).
+        pure_class: ``(P,) uint8`` their class.
+        pure_weight: the weight a single-class pixel carries (``denominator``, or 1.0).
+        mixed_index: ``(M,) int`` flat indices of the other pixels.
+        mixed_mass: ``(M, C)`` per-class weight (numerators when exact); zeros are dropped.
+    """
+    h, w = shape
+    order = np.argsort(-mixed_mass, axis=1, kind="stable")
+    sorted_mass = np.take_along_axis(mixed_mass, order, axis=1)
+    nonzero = (sorted_mass > 0).sum(axis=1)
+    planes = max(1, int(nonzero.max(initial=0)))
+
+    classes = np.full((planes, h * w), EMPTY, dtype=np.uint8)
+    weights = np.zeros((planes, h * w), dtype=weight_dtype(denominator))
+    classes[0, pure_index] = pure_class
+    weights[0, pure_index] = np.where(pure_class == EMPTY, 0, pure_weight)
+    for k in range(planes):
+        used = nonzero > k
+        classes[k, mixed_index[used]] = order[used, k]
+        weights[k, mixed_index[used]] = sorted_mass[used, k]
+    return SoftLabel(classes.reshape(planes, h, w), weights.reshape(planes, h, w), num_classes, denominator)
