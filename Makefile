@@ -1,0 +1,30 @@
+# Two set-up commands for a fresh machine:  make install && make demo   |   make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+DEMO_DATA  ?= demo-data
+DEMO_STORE ?= demo-store.zarr
+
+.PHONY: install demo test bench clean
+
+install: $(BIN)/softprep
+
+$(BIN)/softprep: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: install
+	$(BIN)/softprep demo --out $(DEMO_DATA)
+	$(BIN)/softprep build --dataset cityscapes --root $(DEMO_DATA) --out $(DEMO_STORE) --scales 0.125 0.25 0.5 --overwrite
+	$(BIN)/softprep info $(DEMO_STORE)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_build.py
+
+clean:
+	rm -rf $(DEMO_DATA) $(DEMO_STORE) .pytest_cache

@@ -1,0 +1,136 @@
+"""``softprep`` command line: a thin shell over the Python API (parse, call, print)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from softprep import __version__
+from softprep.errors import SoftprepError
+
+
+#: Options that take several values after one flag (``--scales 0.125 0.25 0.5``).
+MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels")
+
+
+def expand_multi_value_options(args: list[str]) -> list[str]:
+    """Rewrite ``--scales a b c`` as ``--scales a --scales b --scales c`` for click."""
+    out, option = [], None
+    for arg in args:
+        if arg in MULTI_VALUE_OPTIONS:
+            option = arg
+        elif option and not arg.startswith("-"):
+            out += [option, arg]
+            continue
+        else:
+            option = None
+            out.append(arg)
+    return out
+
+
+class _Group(click.Group):
+    """Accept multi-value options; turn :class:`SoftprepError` into one line and exit status 1."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_multi_value_options(list(args)))
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SoftprepError as error:
+            click.echo(f"softprep: error: {error}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="softprep")
+def main():
+    """Precompute paired colour images and soft labels for low-resolution segmentation training.
+
+    Typical use:
+
+    \b
+      softprep demo --out demo-data
+      softprep build --dataset cityscapes --root demo-data --out demo.zarr --scales 0.125 0.25 0.5
+      softprep info demo.zarr
+    """
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write the dataset into.")
+@click.option("--train", default=20, show_default=True, help="Number of train images.")
+@click.option("--val", default=5, show_default=True, help="Number of val images.")
+@click.option("--size", default="512x1024", show_default=True, help="Image size HxW (full Cityscapes: 1024x2048).")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same files.")
+def demo(out, train, val, size, seed):
+    """Write a small synthetic street-scene dataset in the Cityscapes layout (label ids)."""
+    from softprep.demo import make_demo
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise SoftprepError(f"--size {size!r}: expected HxW, e.g. 512x1024") from None
+    make_demo(out, train=train, val=val, size=(h, w), seed=seed)
+    click.echo(f"wrote {train} train + {val} val images of {h}x{w} to {out}")
+
+
+@main.command()
+@click.option("--dataset", default="cityscapes", show_default=True, help="Dataset adapter (layout and label table).")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to write (a .zarr folder).")
+@click.option("--scales", required=True, multiple=True, type=float, help="Scale factors, e.g. --scales 0.125 0.25 0.5.")
+@click.option("--kernel", default="bilinear", show_default=True, type=click.Choice(["nearest", "bilinear", "bicubic", "area"]),
+              help="Resampling kernel, shared by colour and labels.")
+@click.option("--antialias/--no-antialias", default=False, show_default=True, help="Widen bilinear/bicubic filters when downscaling (torch antialias=True).")
+@click.option("--splits", multiple=True, help="Splits to build (default: all found).")
+@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
+@click.option("--shard-size", default=8, show_default=True, help="Images per shard file (the resume unit).")
+@click.option("--overwrite", is_flag=True, help="Delete an existing store at --out and start again.")
+def build(dataset, root, out, scales, kernel, antialias, splits, jobs, shard_size, overwrite):
+    """Build a store: every image of every split at every scale, resumably.
+
+    Rerunning an interrupted build finishes it; a store made with other settings is refused
+    unless --overwrite.
+    """
+    from softprep.build import build as run_build
+    from softprep.datasets import get_dataset
+
+    adapter = get_dataset(dataset, root)
+    bar = tqdm(total=0, unit="img", desc="build", disable=None)
+
+    def progress(count, total):
+        bar.total = total
+        bar.update(count)
+
+    try:
+        result = run_build(adapter, out, _split_args(scales), kernel, antialias, list(_split_args(splits, str)) or None,
+                           jobs, overwrite, shard_size, progress)
+    finally:
+        bar.close()
+    click.echo(f"{out}: {result['built']} images built, {result['skipped']} already done, {result['total']} in all; complete")
+
+
+def _split_args(values, kind=float):
+    """Accept both ``--scales 0.125 --scales 0.25`` and ``--scales "0.125 0.25"``."""
+    return [kind(v) for value in values for v in str(value).replace(",", " ").split()]
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def info(store):
+    """Summarise a store: settings, splits, scales, progress and size on disk."""
+    from softprep.info import summary
+
+    click.echo(summary(store))
+
+
+def entry():
+    """Console-script entry point."""
+    main(prog_name="softprep")
+
+
+if __name__ == "__main__":
+    entry()

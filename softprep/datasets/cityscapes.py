@@ -1,0 +1,81 @@
+"""Cityscapes: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with
+``gtFine/{split}/{city}/*_gtFine_labelIds.png`` (or ``*_labelTrainIds.png`` when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from softprep.datasets.base import Dataset, Sample
+from softprep.errors import SoftprepError
+
+#: The 19 evaluation classes, index = train id, with the official colours.
+CLASSES = (
+    ("road", (128, 64, 128)), ("sidewalk", (244, 35, 232)), ("building", (70, 70, 70)),
+    ("wall", (102, 102, 156)), ("fence", (190, 153, 153)), ("pole", (153, 153, 153)),
+    ("traffic light", (250, 170, 30)), ("traffic sign", (220, 220, 0)), ("vegetation", (107, 142, 35)),
+    ("terrain", (152, 251, 152)), ("sky", (70, 130, 180)), ("person", (220, 20, 60)),
+    ("rider", (255, 0, 0)), ("car", (0, 0, 142)), ("truck", (0, 0, 70)), ("bus", (0, 60, 100)),
+    ("train", (0, 80, 100)), ("motorcycle", (0, 0, 230)), ("bicycle", (119, 11, 32)),
+)
+
+#: Official label id (0..33) -> train id (255 = ignore), from cityscapesScripts' labels.py.
+LABEL_ID_TO_TRAIN_ID = {
+    0: 255, 1: 255, 2: 255, 3: 255, 4: 255, 5: 255, 6: 255, 7: 0, 8: 1, 9: 255, 10: 255,
+    11: 2, 12: 3, 13: 4, 14: 255, 15: 255, 16: 255, 17: 5, 18: 255, 19: 6, 20: 7, 21: 8,
+    22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 29: 255, 30: 255, 31: 16,
+    32: 17, 33: 18,
+}
+
+#: Ids for writing Cityscapes-layout label maps (the demo): class name -> label id.
+NAME_TO_LABEL_ID = {
+    "unlabeled": 0, "ego vehicle": 1, "static": 4, "ground": 6, "road": 7, "sidewalk": 8,
+    "building": 11, "wall": 12, "fence": 13, "pole": 17, "traffic light": 19, "traffic sign": 20,
+    "vegetation": 21, "terrain": 22, "sky": 23, "person": 24, "rider": 25, "car": 26,
+    "truck": 27, "bus": 28, "train": 31, "motorcycle": 32, "bicycle": 33,
+}
+
+IMAGE_SUFFIX = "_leftImg8bit.png"
+SPLITS = ("train", "val", "test", "train_extra")
+
+
+def _lut(table: dict[int, int]) -> np.ndarray:
+    lut = np.full(256, -1, dtype=np.int16)
+    for raw, train in table.items():
+        lut[raw] = train
+    return lut
+
+
+_LABEL_ID_LUT = _lut(LABEL_ID_TO_TRAIN_ID)
+_TRAIN_ID_LUT = _lut({**{i: i for i in range(len(CLASSES))}, 255: 255})
+
+
+class Cityscapes(Dataset):
+    name = "cityscapes"
+    classes = tuple(name for name, _ in CLASSES)
+    palette = tuple(colour for _, colour in CLASSES)
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if (self.root / "leftImg8bit" / s).is_dir()]
+
+    def samples(self, split: str) -> list[Sample]:
+        image_dir = self.root / "leftImg8bit" / split
+        if not image_dir.is_dir():
+            raise SoftprepError(f"{image_dir}: split folder not found; expected the official layout leftImg8bit/{split}/CITY/*{IMAGE_SUFFIX}")
+        samples = []
+        for image in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}")):
+            sample_id = image.name[: -len(IMAGE_SUFFIX)]
+            samples.append(Sample(sample_id, image, self._label_path(split, image.parent.name, sample_id)))
+        return samples
+
+    def _label_path(self, split: str, city: str, sample_id: str) -> Path:
+        folder = self.root / "gtFine" / split / city
+        for suffix in ("_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"):
+            if (folder / (sample_id + suffix)).is_file():
+                return folder / (sample_id + suffix)
+        raise SoftprepError(f"{folder / (sample_id + '_gtFine_labelIds.png')}: label file missing for image {sample_id}{IMAGE_SUFFIX}; restore it or remove the image")
+
+    def _label_to_train_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        lut = _TRAIN_ID_LUT if path.name.endswith("_labelTrainIds.png") else _LABEL_ID_LUT
+        return self._map_ids(raw, lut, path)
