@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 from joblib import Parallel, delayed
+from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 from softprep.datasets import Dataset
 from softprep.errors import SoftprepError
@@ -153,10 +154,16 @@ def build(
     built = 0
     if todo:
         tasks = (delayed(build_shard)(str(out), dataset, spec, split, start) for split, start in todo)
-        for count in Parallel(n_jobs=min(n_jobs, len(todo)), return_as="generator_unordered")(tasks):
-            built += count
-            if progress:
-                progress(count, total)
+        try:
+            for count in Parallel(n_jobs=min(n_jobs, len(todo)), return_as="generator_unordered")(tasks):
+                built += count
+                if progress:
+                    progress(count, total)
+        except TerminatedWorkerError:
+            raise SoftprepError(
+                f"{out}: a worker process died (killed, or out of memory: try fewer --jobs); "
+                "finished shards are kept, rerun the same command to resume"
+            ) from None
     import zarr
 
     root = zarr.open_group(str(out), mode="r+")

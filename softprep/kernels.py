@@ -29,8 +29,9 @@ from functools import lru_cache
 import numpy as np
 
 KERNELS = ("nearest", "bilinear", "bicubic", "area")
-#: Largest per-axis common denominator for which weights are kept as exact integers.
-MAX_AXIS_DENOMINATOR = 255
+#: Largest per-axis common denominator for which weights are kept as exact integers: a 2-D
+#: numerator then fits in uint32, and sums of them stay exact in float64.
+MAX_AXIS_DENOMINATOR = 65535
 
 
 @dataclass(frozen=True)

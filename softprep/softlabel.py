@@ -9,8 +9,9 @@ Weights are *not* renormalised over valid pixels: the weights of a pixel sum to 
 fraction*, the share of its kernel mass that fell on labelled (non-ignore) source pixels.
 A pixel wholly over ignore has no classes (valid fraction 0).
 
-Weights are exact integers over ``denominator`` when the kernel's weights allow it (``uint8``
-when ``denominator <= 255``, else ``uint16``), ``float32`` otherwise (``denominator is None``).
+Weights are exact integers over ``denominator`` when the kernel's weights allow it (the
+smallest of ``uint8``/``uint16``/``uint32`` that holds ``denominator``), ``float32`` otherwise
+(``denominator is None``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def weight_dtype(denominator: int | None) -> np.dtype:
     """Storage dtype of weights for a given common denominator (``None``: float)."""
     if denominator is None:
         return np.dtype(np.float32)
-    return np.dtype(np.uint8) if denominator <= 255 else np.dtype(np.uint16)
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if denominator <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"denominator {denominator} does not fit uint32")
 
 
 @dataclass
@@ -36,7 +40,7 @@ class SoftLabel:
 
     Attributes:
         classes: ``(K, H', W') uint8`` class of each slot, ``EMPTY`` when unused.
-        weights: ``(K, H', W')`` weight numerators (``uint8``/``uint16``) or weights (``float32``).
+        weights: ``(K, H', W')`` weight numerators (unsigned ints) or weights (``float32``).
         num_classes: ``C``, the number of (non-ignore) classes.
         denominator: common denominator of integer weights, ``None`` for float weights.
     """

@@ -9,7 +9,7 @@ Layout (``docs/store-format.md`` is the full specification)::
         {scale}/                     attrs: scale, sizes, denominator, weights_dtype
           image    (N, H', W', 3) uint8
           classes  (N, K, H', W') uint8         soft-label slot classes, 255 = empty
-          weights  (N, K, H', W') uint8|uint16|float32
+          weights  (N, K, H', W') uint8|uint16|uint32|float32
           planes   (N,) uint8                   slots used by each image (<= K)
           nn       (N, H', W') uint8            nearest-neighbour train ids (255 = ignore)
           mass     (N, C) int64|float64         soft-label weight per class (numerators when exact)

@@ -1,0 +1,41 @@
+"""Shared fixtures: reference one-hot volumes, the demo dataset on disk, the real samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "fixtures"
+CITYSCAPES_REAL = REAL / "cityscapes-real"
+
+
+def one_hot(label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """``(C + 1, H, W) float64``: plane C is the ignore mask."""
+    codes = np.where(label == ignore_index, num_classes, label)
+    return (codes[None] == np.arange(num_classes + 1)[:, None, None]).astype(np.float64)
+
+
+def blobby_labels(rng: np.random.Generator, shape, num_classes: int, block: int = 3, ignore_share: float = 0.05):
+    """``(H, W) uint8`` label map of small blocks plus scattered ignore pixels."""
+    h, w = shape
+    coarse = rng.integers(0, num_classes, (h // block + 1, w // block + 1))
+    label = np.repeat(np.repeat(coarse, block, 0), block, 1)[:h, :w].astype(np.uint8)
+    label[rng.random(shape) < ignore_share] = 255
+    return label
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A small demo dataset: 6 train + 3 val images of 64x128."""
+    from softprep.demo import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo"), train=6, val=3, size=(64, 128), seed=1)
+
+
+def require_real_cityscapes() -> Path:
+    if not CITYSCAPES_REAL.is_dir():
+        pytest.skip(f"real Cityscapes samples not found at {CITYSCAPES_REAL} (they live in ../shared/fixtures beside the repo)")
+    return CITYSCAPES_REAL
