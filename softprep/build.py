@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import zarr
 from joblib import Parallel, delayed
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-from softprep.datasets import Dataset
+from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
 from softprep.kernels import KERNELS, axis_weights, output_size
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
@@ -95,9 +96,7 @@ def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, split: str, 
     return stop - start
 
 
-def _sample(dataset: Dataset, split_spec: SplitSpec, i: int):
-    from softprep.datasets import Sample
-
+def _sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:
     return Sample(split_spec.ids[i], dataset.root / split_spec.images[i], dataset.root / split_spec.labels[i])
 
 
@@ -164,8 +163,6 @@ def build(
                 f"{out}: a worker process died (killed, or out of memory: try fewer --jobs); "
                 "finished shards are kept, rerun the same command to resume"
             ) from None
-    import zarr
-
     root = zarr.open_group(str(out), mode="r+")
     root.attrs["softprep"] = spec.root_attrs(complete=True)
     return {"built": built, "skipped": skipped, "total": total}

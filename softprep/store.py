@@ -21,7 +21,6 @@ Arrays of ``N`` images are sharded ``S`` images to a shard. Exactly one writer o
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -336,8 +335,3 @@ class StoredSample:
         """``(H', W') uint8`` nearest-neighbour train ids (255 = ignore), the usual baseline label."""
         h, w = self.shape
         return self.view.group["nn"][self.index, :h, :w]
-
-
-def read_spec_json(path: str | Path) -> dict:
-    """The raw root attributes (for ``info`` on damaged stores)."""
-    return json.loads((Path(path) / "zarr.json").read_text())["attributes"].get("softprep", {})
