@@ -304,10 +304,6 @@ class StoredSample:
         self.id = view.ids[index]
         self.shape: tuple[int, int] = tuple(view.sizes[index])
 
-    def _crop(self, array: np.ndarray) -> np.ndarray:
-        h, w = self.shape
-        return array[..., :h, :w]
-
     @property
     def image(self) -> np.ndarray:
         """``(H', W', 3) uint8`` colour image."""
