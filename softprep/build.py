@@ -7,18 +7,16 @@ split) for every scale, so no two processes ever write the same shard file.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import zarr
-from joblib import Parallel, delayed
-from joblib.externals.loky.process_executor import TerminatedWorkerError
 
 from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
+from softprep.parallel import run_tasks
 from softprep.kernels import KERNELS, axis_weights, output_size
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
 from softprep.store import (
@@ -149,20 +147,12 @@ def build(
     if progress:
         progress(skipped, total)
 
-    n_jobs = jobs or os.cpu_count() or 1
     built = 0
-    if todo:
-        tasks = (delayed(build_shard)(str(out), dataset, spec, split, start) for split, start in todo)
-        try:
-            for count in Parallel(n_jobs=min(n_jobs, len(todo)), return_as="generator_unordered")(tasks):
-                built += count
-                if progress:
-                    progress(count, total)
-        except TerminatedWorkerError:
-            raise SoftprepError(
-                f"{out}: a worker process died (killed, or out of memory: try fewer --jobs); "
-                "finished shards are kept, rerun the same command to resume"
-            ) from None
+    tasks = [(str(out), dataset, spec, split, start) for split, start in todo]
+    for count in run_tasks(build_shard, tasks, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
+        built += count
+        if progress:
+            progress(count, total)
     root = zarr.open_group(str(out), mode="r+")
     root.attrs["softprep"] = spec.root_attrs(complete=True)
     return {"built": built, "skipped": skipped, "total": total}

@@ -127,6 +127,58 @@ def info(store):
     click.echo(summary(store))
 
 
+@main.command()
+@click.argument("store", required=False, type=click.Path(path_type=Path))
+@click.option("--split", default=None, help="Split to report (default: train, else the first).")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "csv", "json"]),
+              help="text/markdown/csv: the paper's Table V layout, values x --scale-factor; json: unscaled, full precision.")
+@click.option("--scale-factor", default=1e4, show_default=True, type=float, help="Multiply D by this in text/markdown/csv.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG bar chart of D (needs matplotlib).")
+@click.option("--compare-kernels", multiple=True, help="Compute the table from --root for these kernels instead of a store, e.g. nearest bilinear area.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root (with --compare-kernels).")
+@click.option("--dataset", default="cityscapes", show_default=True, help="Dataset adapter (with --compare-kernels).")
+@click.option("--scales", multiple=True, help="Scales (with --compare-kernels), e.g. --scales 0.125 0.25 0.5.")
+@click.option("--antialias/--no-antialias", default=False, show_default=True, help="Antialiased bilinear/bicubic (with --compare-kernels).")
+@click.option("--jobs", "-j", type=int, default=None, help="Worker processes for --compare-kernels (default: all cores).")
+def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset, scales, antialias, jobs):
+    """Class-prior discrepancy D = p_original - p_d per class (paper eq. 5, Table V).
+
+    \b
+    From a built store (recorded masses, no pixel pass):
+      softprep priors STORE.zarr [--format markdown] [--plot priors.png]
+    Before building, for several kernels straight from a dataset:
+      softprep priors --compare-kernels nearest bilinear area --root DATA --scales 0.125 0.25 0.5
+
+    A row is "exact" when D was computed in rational arithmetic: its zeros are exactly 0.
+    """
+    from softprep import priors as prior_api
+
+    if compare_kernels:
+        if store is not None or root is None or not scales:
+            raise SoftprepError("--compare-kernels reads a dataset, not a store: pass --root DATA and --scales, and no STORE")
+        from softprep.datasets import get_dataset
+
+        adapter = get_dataset(dataset, root)
+        with tqdm(total=0, unit="img", desc="priors", disable=None, file=sys.stderr) as bar:
+            def progress(count, total):
+                bar.total = total
+                bar.update(count)
+
+            table = prior_api.compare_kernels(adapter, _split_args(compare_kernels, str), _split_args(scales), split,
+                                              antialias, jobs, progress=progress)
+    else:
+        if store is None:
+            raise SoftprepError("pass a STORE (softprep priors STORE.zarr), or --compare-kernels with --root")
+        from softprep.store import open_store
+
+        table = prior_api.store_priors(open_store(store), split)
+    click.echo(prior_api.render(table, fmt, scale_factor), nl=False)
+    if plot:
+        from softprep.plot import plot_priors
+
+        click.echo(f"wrote {plot_priors(table, plot)}", err=True)
+
+
 def entry():
     """Console-script entry point."""
     main(prog_name="softprep")

@@ -1,0 +1,58 @@
+"""Pictures of prior discrepancies (needs the optional ``matplotlib``: ``pip install 'softprep[plot]'``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from softprep.errors import SoftprepError
+from softprep.priors import PriorTable, scale_label
+
+#: The symlog axis is linear in [-LINEAR_BELOW, LINEAR_BELOW]: 0.01 in the table's x1e4 units.
+LINEAR_BELOW = 1e-6
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SoftprepError("--plot needs matplotlib: pip install 'softprep[plot]' (or pip install matplotlib)") from None
+    return plt
+
+
+def plot_priors(table: PriorTable, path: str | Path, dpi: int = 120) -> Path:
+    """Write a PNG: per class, one bar of ``D_d,c`` per strategy, on a symmetric log axis.
+
+    One panel per scale; exact all-zero rows say "exactly 0" in the legend, so a kernel that
+    keeps priors exactly is visible at a glance.
+    """
+    plt = _pyplot()
+    scales = sorted({row.scale for row in table.rows})
+    strategies = list(dict.fromkeys(row.strategy for row in table.rows))
+    fig, axes = plt.subplots(len(scales), 1, figsize=(12, 2.4 * len(scales) + 1.2), sharex=True, squeeze=False)
+    x = np.arange(len(table.classes))
+    width = 0.8 / len(strategies)
+    for ax, scale in zip(axes[:, 0], scales):
+        for i, strategy in enumerate(strategies):
+            row = next((r for r in table.rows if r.scale == scale and r.strategy == strategy), None)
+            if row is None:
+                continue
+            zero = row.exact and all(d == 0 for d in row.discrepancy)
+            label = f"{strategy}: " + ("exactly 0" if zero else f"sum|D| {float(row.sum_abs):.2e}")
+            values = [float(d) for d in row.discrepancy]
+            ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=label, color=f"C{i}")
+        ax.set_yscale("symlog", linthresh=LINEAR_BELOW)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_ylabel(f"D at {scale_label(scale)}")
+        ax.legend(fontsize="small", loc="upper right")
+    axes[-1, 0].set_xticks(x, table.classes, rotation=45, ha="right")
+    fig.suptitle(f"Class-prior discrepancy D = p_original - p_d (symlog, linear below {LINEAR_BELOW:g}), split {table.split}")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

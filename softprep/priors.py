@@ -1,0 +1,290 @@
+"""Class-prior discrepancy of a downsampling strategy (the paper's eq. 5 and Table V).
+
+``p_original,c`` is the share of valid full-resolution pixels of class ``c`` over a split;
+``p_d,c`` the share of soft-label mass of class ``c`` at scale ``d`` (for ``nearest``: the share
+of pixels); ``D_d,c = p_original,c - p_d,c``.
+
+From a store, everything comes from recorded per-image numbers (``counts``, ``mass``,
+``nn_counts``): O(images x classes), no pixel pass. When a strategy's weights are exact integer
+numerators, ``D`` is computed with :class:`fractions.Fraction` and a zero is exactly zero.
+:func:`compare_kernels` computes the same table straight from a dataset root, for any kernels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from softprep.datasets import Dataset
+from softprep.errors import SoftprepError
+from softprep.kernels import KERNELS, axis_weights, output_size
+from softprep.parallel import batches, run_tasks
+from softprep.resample import prepare_label, soft_label
+from softprep.store import Store
+
+FORMATS = ("text", "markdown", "csv", "json")
+DEFAULT_SCALE_FACTOR = 1e4
+
+Number = Fraction | float
+
+
+@dataclass
+class ClassMass:
+    """Per-class mass of one strategy at one scale, summed over images.
+
+    ``total[c]`` is exact (a :class:`Fraction`) when every image's weights were integer
+    numerators, else a ``float``.
+    """
+
+    total: list[Number]
+
+    @classmethod
+    def zeros(cls, num_classes: int) -> "ClassMass":
+        return cls([Fraction(0)] * num_classes)
+
+    @property
+    def exact(self) -> bool:
+        return all(isinstance(v, Fraction) for v in self.total)
+
+    def add(self, mass: np.ndarray, denominator: int | None) -> None:
+        """Add one or more images' ``(C,)`` or ``(N, C)`` mass (numerators over ``denominator``)."""
+        column_sums = np.asarray(mass).reshape(-1, len(self.total)).sum(axis=0)
+        if denominator is None:
+            self.total = [float(t) + float(m) for t, m in zip(self.total, column_sums)]
+        else:
+            self.total = [t + Fraction(int(m), int(denominator)) for t, m in zip(self.total, column_sums)]
+
+    def shares(self) -> list[Number]:
+        """``p_c``: each class's share of the total mass (0 everywhere for an empty total)."""
+        whole = sum(self.total)
+        return [t / whole if whole else t * 0 for t in self.total]
+
+
+@dataclass
+class PriorRow:
+    """One (strategy, scale) row: ``discrepancy[c] = p_original,c - p_d,c``."""
+
+    strategy: str
+    scale: float
+    exact: bool
+    prior: list[Number]
+    discrepancy: list[Number]
+
+    @property
+    def sum_abs(self) -> Number:
+        return sum(abs(d) for d in self.discrepancy)
+
+    @property
+    def max_abs(self) -> Number:
+        return max(abs(d) for d in self.discrepancy)
+
+
+@dataclass
+class PriorTable:
+    """Table V for one split: the full-resolution priors and one row per (strategy, scale)."""
+
+    split: str
+    classes: list[str]
+    counts: list[int]
+    rows: list[PriorRow]
+
+    @property
+    def original(self) -> list[Fraction]:
+        """``p_original,c`` as exact fractions."""
+        return ClassMass([Fraction(c) for c in self.counts]).shares()
+
+
+def prior_row(strategy: str, scale: float, counts: Sequence[int], mass: ClassMass) -> PriorRow:
+    """The row of eq. 5 for one strategy and scale, given full-resolution ``counts (C,)``."""
+    original = ClassMass([Fraction(int(c)) for c in counts]).shares()
+    prior = mass.shares()
+    exact = mass.exact
+    discrepancy = [o - p if exact else float(o) - float(p) for o, p in zip(original, prior)]
+    return PriorRow(strategy, float(scale), exact, prior, discrepancy)
+
+
+def strategy_name(kernel: str, antialias: bool) -> str:
+    """Row label of a kernel: ``bilinear``, ``bilinear+aa``."""
+    return f"{kernel}+aa" if antialias and kernel in ("bilinear", "bicubic") else kernel
+
+
+def store_priors(store: Store, split: str | None = None) -> PriorTable:
+    """Table V of a built store's split from recorded masses: per scale, the NN row and the store's kernel row."""
+    split = split or _default_split(store.splits)
+    if split not in store.splits:
+        raise SoftprepError(f"{store.path}: no split {split!r}; the store has {', '.join(store.splits)}")
+    if not store.done(split).all():
+        raise SoftprepError(f"{store.path}: split {split!r} is not completely built; rerun `softprep build` to finish it")
+    counts = store.counts(split).sum(axis=0)
+    kernel = strategy_name(store.attrs["kernel"], store.attrs["antialias"])
+    rows = []
+    for scale in store.scales:
+        view = store.samples(split, scale)
+        nn = ClassMass.zeros(len(counts))
+        nn.add(view.nn_counts(), 1)
+        rows.append(prior_row("nearest", scale, counts, nn))
+        if kernel != "nearest":
+            soft = ClassMass.zeros(len(counts))
+            soft.add(view.mass(), view.denominator)
+            rows.append(prior_row(kernel, scale, counts, soft))
+    return PriorTable(split, store.classes, [int(c) for c in counts], rows)
+
+
+def _default_split(splits: Sequence[str]) -> str:
+    return "train" if "train" in splits else splits[0]
+
+
+@dataclass
+class Tally:
+    """Counts and masses summed over some images: what a worker sends back."""
+
+    images: int
+    counts: np.ndarray  # (C,) int64 full-resolution valid pixels per class
+    masses: dict  # {(kernel, scale): ClassMass}
+
+    def merge(self, other: "Tally") -> None:
+        self.images += other.images
+        self.counts += other.counts
+        for key, mass in other.masses.items():
+            self.masses[key].total = [a + b for a, b in zip(self.masses[key].total, mass.total)]
+
+
+def tally_images(dataset: Dataset, split: str, indices: Iterable[int], kernels: Sequence[str],
+                 scales: Sequence[float], antialias: bool) -> Tally:
+    """Full-resolution counts and per-(kernel, scale) soft-label masses of some images of a split."""
+    samples = dataset.samples(split)
+    c = dataset.num_classes
+    tally = Tally(0, np.zeros(c, dtype=np.int64), {(k, s): ClassMass.zeros(c) for k in kernels for s in scales})
+    for i in indices:
+        label = dataset.read_label(samples[i])
+        prepared = prepare_label(label, c, dataset.ignore_index)
+        tally.counts += np.bincount(prepared.codes.ravel(), minlength=c + 1)[:c]
+        tally.images += 1
+        h, w = label.shape
+        for scale in scales:
+            out_h, out_w = output_size(h, scale), output_size(w, scale)
+            for kernel in kernels:
+                wy = axis_weights(kernel, h, out_h, antialias)
+                wx = axis_weights(kernel, w, out_w, antialias)
+                soft = soft_label(prepared, wy, wx)
+                tally.masses[kernel, scale].add(soft.class_mass(), soft.denominator)
+    return tally
+
+
+def compare_kernels(
+    dataset: Dataset,
+    kernels: Sequence[str],
+    scales: Sequence[float],
+    split: str | None = None,
+    antialias: bool = False,
+    jobs: int | None = None,
+    batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> PriorTable:
+    """Table V for several kernels straight from a dataset root (no store), in parallel.
+
+    ``nearest`` is the NN baseline (the soft label of the nearest kernel is one-hot).
+    ``progress(images_done_now, images_total)`` is called after each batch.
+    """
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown or not kernels:
+        raise SoftprepError(f"--compare-kernels: unknown kernel(s) {unknown}; choose from {', '.join(KERNELS)}")
+    scales = sorted({float(s) for s in scales})
+    if not scales or min(scales) <= 0:
+        raise SoftprepError(f"scales must be > 0, got {scales}")
+    split = split or _default_split(dataset.splits() or ["train"])
+    samples = dataset.samples(split)
+    if not samples:
+        raise SoftprepError(f"{dataset.root}: split {split!r} has no image/label pairs; check --root and --split")
+    kernels = list(dict.fromkeys(kernels))
+    tasks = [(dataset, split, list(b), kernels, scales, antialias) for b in batches(len(samples), batch_size)]
+    total = tally_images(dataset, split, [], kernels, scales, antialias)
+    for part in run_tasks(tally_images, tasks, jobs):
+        total.merge(part)
+        if progress:
+            progress(part.images, len(samples))
+    rows = [prior_row(strategy_name(k, antialias), s, total.counts, total.masses[k, s]) for s in scales for k in kernels]
+    return PriorTable(split, list(dataset.classes), [int(v) for v in total.counts], rows)
+
+
+def scale_label(scale: float) -> str:
+    """``0.125 -> "1/8"``, ``0.3 -> "0.3"``: the paper's resolution column."""
+    fraction = Fraction(scale)
+    return f"{fraction.numerator}/{fraction.denominator}" if fraction.denominator <= 64 and fraction != 1 else f"{scale:g}"
+
+
+def format_value(value: Number, exact: bool, scale_factor: float) -> str:
+    """A discrepancy as printed: exact zero is ``0``; anything else ``x scale_factor`` to 2 decimals."""
+    if exact and value == 0:
+        return "0"
+    return f"{float(value) * scale_factor:.2f}"
+
+
+def table_cells(table: PriorTable, scale_factor: float = DEFAULT_SCALE_FACTOR) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells of the paper's layout: strategy, resolution, exactness, sum/max |D|, classes."""
+    header = ["strategy", "scale", "exact", "sum|D|", "max|D|", *table.classes]
+    body = []
+    for row in table.rows:
+        cells = [row.strategy, scale_label(row.scale), "exact" if row.exact else "float",
+                 format_value(row.sum_abs, row.exact, scale_factor), format_value(row.max_abs, row.exact, scale_factor)]
+        body.append(cells + [format_value(d, row.exact, scale_factor) for d in row.discrepancy])
+    return header, body
+
+
+def render(table: PriorTable, fmt: str = "text", scale_factor: float = DEFAULT_SCALE_FACTOR) -> str:
+    """The table as ``text`` (aligned), ``markdown``, ``csv`` or ``json`` (see :func:`to_json`)."""
+    if fmt == "json":
+        return json.dumps(to_json(table), indent=2)
+    if fmt not in FORMATS:
+        raise SoftprepError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    header, body = table_cells(table, scale_factor)
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([header, *body])
+        return out.getvalue()
+    caption = (f"D = p_original - p_d per class (eq. 5), x{scale_factor:g}; split {table.split}, "
+               f"{sum(table.counts)} valid full-resolution pixels; exact rows print exact zeros as 0")
+    if fmt == "markdown":
+        header = [cell.replace("|", "\\|") for cell in header]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines) + f"\n\n{caption}\n"
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i >= 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in [header, *body]]
+    return caption + "\n" + "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def to_json(table: PriorTable) -> dict:
+    """Machine-readable table, unscaled, full precision.
+
+    Keys: ``split``; ``classes`` (C names); ``counts`` (C full-resolution valid pixels);
+    ``original_prior`` (C floats, ``p_original,c``); ``rows``: list of ``{strategy, scale, exact,
+    prior (C floats p_d,c), discrepancy (C floats D_d,c), discrepancy_fraction (C strings "n/d"
+    when exact, else null), sum_abs, max_abs}``.
+    """
+    return {
+        "split": table.split,
+        "classes": table.classes,
+        "counts": table.counts,
+        "original_prior": [float(p) for p in table.original],
+        "rows": [
+            {
+                "strategy": row.strategy,
+                "scale": row.scale,
+                "exact": row.exact,
+                "prior": [float(p) for p in row.prior],
+                "discrepancy": [float(d) for d in row.discrepancy],
+                "discrepancy_fraction": [str(d) for d in row.discrepancy] if row.exact else None,
+                "sum_abs": float(row.sum_abs),
+                "max_abs": float(row.max_abs),
+            }
+            for row in table.rows
+        ],
+    }
