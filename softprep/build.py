@@ -85,7 +85,7 @@ def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, split: str, 
     stop = min(start + spec.shard_size, len(split_spec.ids))
     results = []
     for i in range(start, stop):
-        sample = _sample(dataset, split_spec, i)
+        sample = stored_sample(dataset, split_spec, i)
         image, label = dataset.read_pair(sample)
         if [*label.shape] != split_spec.sizes[i]:
             raise SoftprepError(f"{sample.label}: size changed since the build was planned; restart with --overwrite")
@@ -94,7 +94,8 @@ def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, split: str, 
     return stop - start
 
 
-def _sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:
+def stored_sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:
+    """The :class:`Sample` (paths under ``dataset.root``) of image ``i`` of a planned split."""
     return Sample(split_spec.ids[i], dataset.root / split_spec.images[i], dataset.root / split_spec.labels[i])
 
 

@@ -99,12 +99,7 @@ def build(dataset, root, out, scales, kernel, antialias, splits, jobs, shard_siz
     from softprep.datasets import get_dataset
 
     adapter = get_dataset(dataset, root)
-    bar = tqdm(total=0, unit="img", desc="build", disable=None)
-
-    def progress(count, total):
-        bar.total = total
-        bar.update(count)
-
+    bar, progress = _progress_bar("build")
     try:
         result = run_build(adapter, out, _split_args(scales), kernel, antialias, list(_split_args(splits, str)) or None,
                            jobs, overwrite, shard_size, progress)
@@ -159,11 +154,8 @@ def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset
         from softprep.datasets import get_dataset
 
         adapter = get_dataset(dataset, root)
-        with tqdm(total=0, unit="img", desc="priors", disable=None, file=sys.stderr) as bar:
-            def progress(count, total):
-                bar.total = total
-                bar.update(count)
-
+        bar, progress = _progress_bar("priors")
+        with bar:
             table = prior_api.compare_kernels(adapter, _split_args(compare_kernels, str), _split_args(scales), split,
                                               antialias, jobs, progress=progress)
     else:
@@ -177,6 +169,75 @@ def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset
         from softprep.plot import plot_priors
 
         click.echo(f"wrote {plot_priors(table, plot)}", err=True)
+
+
+def _progress_bar(desc: str):
+    """A tqdm bar (on stderr, hidden when not a terminal) and a ``progress(count, total)`` callback for it."""
+    bar = tqdm(total=0, unit="img", desc=desc, disable=None, file=sys.stderr)
+
+    def progress(count, total):
+        bar.total = total
+        bar.update(count)
+
+    return bar, progress
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--split", default=None, help="Split to analyse (default: train, else the first).")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json"]))
+@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
+def stats(store, split, fmt, jobs):
+    """Per scale: multi-class pixel share, classes per pixel, entropy, NN/argmax disagreement,
+    and per class the images where a class vanishes under NN (or soft) downsampling."""
+    from softprep.stats import render, split_stats
+    from softprep.store import open_store
+
+    bar, progress = _progress_bar("stats")
+    with bar:
+        result = split_stats(open_store(store), split, jobs, progress=progress)
+    click.echo(render(result, fmt), nl=False)
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("image_id")
+@click.option("--scale", required=True, type=float, help="Stored scale to draw, e.g. 0.125.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
+@click.option("--split", default=None, help="Split holding IMAGE_ID (default: found by id).")
+@click.option("--classes", "class_names", default=None,
+              help="Comma-separated classes to draw weight maps of, e.g. 'pole,traffic sign' (default: the 2 most mixed).")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root, to add the full-resolution labels.")
+def show(store, image_id, scale, out, split, class_names, root):
+    """Draw one sample at one scale (paper Fig. 3/4): colour, labels, NN labels, soft label, class weights."""
+    from softprep.show import show as draw
+    from softprep.store import open_store
+
+    classes = [c.strip() for c in class_names.split(",")] if class_names else None
+    path = draw(open_store(store), image_id, scale, out, split=split, classes=classes, root=root)
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root: also check full-resolution counts and valid fractions.")
+@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
+def verify(store, root, jobs):
+    """Read every chunk (crc32c) and re-derive every recorded statistic.
+
+    Prints one line per problem (split, scale, image, array) and exits 1; exits 0 when all hold.
+    """
+    from softprep.verify import verify as check
+
+    bar, progress = _progress_bar("verify")
+    with bar:
+        problems = check(store, root, jobs, progress=progress)
+    for line in problems:
+        click.echo(line)
+    if problems:
+        click.echo(f"{store}: {len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{store}: ok")
 
 
 def entry():

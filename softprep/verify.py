@@ -1,0 +1,202 @@
+"""``softprep verify``: read every chunk and re-derive every recorded statistic.
+
+Checks, per split:
+  * the store is marked complete and every image's shard is written (``done``) and on disk;
+  * every chunk of every array decodes (zstd + crc32c: a flipped byte fails here);
+  * per image and scale: slot classes are train ids or empty, empty slots weigh 0, weights lie
+    in [0, 1] (numerators in [0, denominator]), slots are sorted by weight, ``planes`` covers
+    the used slots, per-pixel sums are <= 1, recorded ``mass`` and ``nn_counts`` equal the ones
+    recomputed from the stored soft label and NN map;
+  * with the dataset root: recorded full-resolution ``counts`` and each pixel's weight sum equal
+    the ones recomputed from the label files (the valid fraction under the store's kernel).
+
+Every failed check is one line naming split, scale, image and array; no check stops the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from softprep.datasets import get_dataset
+from softprep.kernels import axis_weights
+from softprep.parallel import batches, run_tasks
+from softprep.resample import prepare_label, soft_label
+from softprep.softlabel import EMPTY, SoftLabel
+from softprep.build import stored_sample
+from softprep.store import Store, open_store, scale_name
+
+SAMPLE_ARRAYS = ("image", "classes", "weights", "nn")
+RECORD_ARRAYS = ("planes", "mass", "nn_counts")
+FLOAT_TOLERANCE = 1e-5
+
+
+def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = None, batch_size: int = 8,
+           progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """All problems found in the store at ``path`` (empty when it is sound), one line each.
+
+    ``root``: the dataset folder, to also check full-resolution counts and valid fractions.
+    ``progress(images_done_now, images_total)`` is called per batch.
+    """
+    store = open_store(path)
+    problems = [] if store.complete else [f"{store.path}: build not finished (rerun the same `softprep build`)"]
+    if root is not None:
+        get_dataset(store.attrs["dataset"], root)  # a clear error now, not one per image
+    total = sum(len(store.spec.splits[s].ids) for s in store.splits)
+    tasks = []
+    for split in store.splits:
+        problems += _check_split_records(store, split)
+        n = len(store.spec.splits[split].ids)
+        tasks += [(str(store.path), split, r, root) for r in batches(n, batch_size)]
+    for batch_problems, images in run_tasks(check_images, tasks, jobs):
+        problems += batch_problems
+        if progress:
+            progress(images, total)
+    return problems
+
+
+def _check_split_records(store: Store, split: str) -> list[str]:
+    """The per-split arrays decode, and every image is built."""
+    problems = []
+    for name in ("counts", "done"):
+        problems += _decode_all(store, f"{split}/{name}", split)
+    done = store.done(split)
+    ids = store.spec.splits[split].ids
+    problems += [f"{split}: image {ids[i]} (#{i}) not built (rerun `softprep build`)" for i in np.flatnonzero(~done)]
+    for scale in store.scales:
+        for name in RECORD_ARRAYS:
+            problems += _decode_all(store, f"{split}/{scale_name(scale)}/{name}", split)
+    return problems
+
+
+def _decode_all(store: Store, array_path: str, split: str) -> list[str]:
+    """Decode an unsharded per-image array chunk by chunk; one line per chunk that fails."""
+    array = store.root[array_path]
+    step, problems = array.chunks[0], []
+    ids = store.spec.splits[split].ids
+    for start in range(0, array.shape[0], step):
+        try:
+            array[start:start + step]
+        except Exception as error:  # noqa: BLE001 - any decode failure is a finding
+            stop = min(start + step, array.shape[0])
+            problems.append(f"{array_path}: images {ids[start]}..{ids[stop - 1]} (#{start}-{stop - 1}): cannot be read ({_why(error)})")
+    return problems
+
+
+def check_images(store_path: str, split: str, indices: range, root: str | Path | None) -> tuple[list[str], int]:
+    """Problems of images ``indices`` of a split at every scale, and how many images were checked."""
+    store = open_store(store_path)
+    done = store.done(split)
+    dataset = get_dataset(store.attrs["dataset"], root) if root is not None else None
+    problems = []
+    for i in (i for i in indices if done[i]):  # images not built are reported once per split
+        label = _check_counts(store, dataset, split, i, problems) if dataset is not None else None
+        for scale in store.scales:
+            view = store.samples(split, scale)
+            where = f"{split}/{scale_name(scale)}: image {view.ids[i]} (#{i})"
+            soft, found = _read_sample(store_path, view, i)
+            problems += [f"{where}: {p}" for p in found]
+            if label is not None and soft is not None:
+                problems += [f"{where}: {p}" for p in _check_valid_fraction(store, label, dataset.ignore_index, soft)]
+    return problems, len(indices)
+
+
+def _read_sample(store_path: str, view, i: int) -> tuple[SoftLabel | None, list[str]]:
+    """Decode image ``i``'s chunks at one scale and check them; the soft label is None when unreadable."""
+    group, problems, arrays = view.group, [], {}
+    for name in SAMPLE_ARRAYS:
+        array_path = f"{view.split}/{scale_name(view.scale)}/{name}"
+        if not _shard_file(group[name], i, store_path, array_path).is_file():
+            problems.append(f"{name} shard file missing")
+            continue
+        try:
+            arrays[name] = group[name][i]
+        except Exception as error:  # noqa: BLE001 - any decode failure is a finding
+            problems.append(f"{name} cannot be read ({_why(error)})")
+    try:
+        records = {name: group[name][i] for name in RECORD_ARRAYS}
+    except Exception:  # noqa: BLE001 - reported with its chunk by _check_split_records
+        return None, problems
+    if len(arrays) < len(SAMPLE_ARRAYS):
+        return None, problems
+    h, w = view.sizes[i]
+    soft = SoftLabel(arrays["classes"][:, :h, :w], arrays["weights"][:, :h, :w], len(view.store.classes), view.denominator)
+    return soft, problems + _check_soft_label(soft, records, arrays["nn"][:h, :w])
+
+
+def _check_soft_label(soft: SoftLabel, records: dict, nn: np.ndarray) -> list[str]:
+    problems = []
+    c, classes, weights = soft.num_classes, soft.classes, soft.weights
+    one = soft.denominator if soft.exact else 1.0
+    tolerance = 0 if soft.exact else FLOAT_TOLERANCE
+    if ((classes >= c) & (classes != EMPTY)).any():
+        problems.append(f"classes: value {int(classes[(classes >= c) & (classes != EMPTY)].max())} is not a train id (< {c}) or empty (255)")
+    if (weights[classes == EMPTY] != 0).any():
+        problems.append("weights: an empty slot has non-zero weight")
+    if (weights < 0).any() or (weights > one + tolerance).any():
+        problems.append(f"weights: outside [0, 1] (min {weights.min() / one:.6g}, max {weights.max() / one:.6g})")
+    if (np.diff(weights.astype(np.float64), axis=0) > tolerance).any():
+        problems.append("weights: slots are not sorted by weight")
+    used = int((classes != EMPTY).any(axis=(1, 2)).sum())
+    if used > int(records["planes"]):
+        problems.append(f"planes: records {int(records['planes'])} slots, {used} are used")
+    sums = weights.astype(np.float64).sum(axis=0)
+    if (sums > one + tolerance * soft.planes).any():
+        problems.append(f"weights: a pixel's weights sum to {sums.max() / one:.6g} > 1")
+    mass = soft.class_mass()
+    recorded = records["mass"]
+    if not (np.array_equal(mass, recorded) if soft.exact else np.allclose(mass, recorded, rtol=1e-9, atol=1e-9)):
+        problems.append(f"mass: recorded class masses differ from the stored soft label's (classes {_differing(mass, recorded)})")
+    nn_counts = np.bincount(nn[nn != EMPTY].ravel(), minlength=c)[:c]
+    if not np.array_equal(nn_counts, records["nn_counts"]):
+        problems.append(f"nn_counts: recorded NN counts differ from the stored NN map's (classes {_differing(nn_counts, records['nn_counts'])})")
+    return problems
+
+
+def _check_counts(store: Store, dataset, split: str, i: int, problems: list[str]) -> np.ndarray:
+    """Decode image ``i``'s label file, check its recorded full-resolution counts; return the label."""
+    spec = store.spec.splits[split]
+    label = dataset.read_label(stored_sample(dataset, spec, i))
+    prepared = prepare_label(label, dataset.num_classes, dataset.ignore_index)
+    counts = np.bincount(prepared.codes.ravel(), minlength=dataset.num_classes + 1)[: dataset.num_classes]
+    recorded = store.root[split]["counts"][i]
+    if not np.array_equal(counts, recorded):
+        problems.append(f"{split}: image {spec.ids[i]} (#{i}): counts: recorded full-resolution counts differ "
+                        f"from {spec.labels[i]} (classes {_differing(counts, recorded)})")
+    return label
+
+
+def _check_valid_fraction(store: Store, label: np.ndarray, ignore_index: int, soft: SoftLabel) -> list[str]:
+    """Each pixel's weights sum to the share of its kernel window on labelled pixels."""
+    valid = np.where(label == ignore_index, ignore_index, 0).astype(np.uint8)
+    h, w = label.shape
+    wy = axis_weights(store.attrs["kernel"], h, soft.shape[0], store.attrs["antialias"])
+    wx = axis_weights(store.attrs["kernel"], w, soft.shape[1], store.attrs["antialias"])
+    expected = _pixel_sums(soft_label(valid, wy, wx, 1, ignore_index))
+    error = np.abs(_pixel_sums(soft) - expected).max(initial=0) / (soft.denominator if soft.exact else 1)
+    if error > (0 if soft.exact else FLOAT_TOLERANCE):
+        return [f"weights: per-pixel sums differ from the valid fraction by up to {error:.3g}"]
+    return []
+
+
+def _pixel_sums(soft: SoftLabel) -> np.ndarray:
+    """``(H', W')`` weight per pixel: ``int64`` numerators when exact (no rounding), else ``float64``."""
+    return soft.weights.sum(axis=0, dtype=np.int64 if soft.exact else np.float64)
+
+
+def _shard_file(array, i: int, store_path: str, array_path: str) -> Path:
+    """The file holding image ``i`` of a sharded per-image array (local stores)."""
+    coords = (i // array.shards[0],) + (0,) * (array.ndim - 1)
+    return Path(store_path) / array_path / array.metadata.encode_chunk_key(coords)
+
+
+def _differing(a: np.ndarray, b: np.ndarray) -> str:
+    return ", ".join(str(c) for c in np.flatnonzero(np.asarray(a) != np.asarray(b))[:5])
+
+
+def _why(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:160]
+
