@@ -19,6 +19,8 @@ demo: install
 	$(BIN)/softprep demo --out $(DEMO_DATA)
 	$(BIN)/softprep build --dataset cityscapes --root $(DEMO_DATA) --out $(DEMO_STORE) --scales 0.125 0.25 0.5 --overwrite
 	$(BIN)/softprep info $(DEMO_STORE)
+	$(BIN)/softprep priors $(DEMO_STORE)
+	$(BIN)/softprep verify $(DEMO_STORE)
 
 test: install
 	$(BIN)/python -m pytest -q

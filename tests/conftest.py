@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "fixtures"
@@ -39,3 +40,15 @@ def require_real_cityscapes() -> Path:
     if not CITYSCAPES_REAL.is_dir():
         pytest.skip(f"real Cityscapes samples not found at {CITYSCAPES_REAL} (they live in ../shared/fixtures beside the repo)")
     return CITYSCAPES_REAL
+
+
+def write_cityscapes(root: Path, labels: list[np.ndarray], split: str = "train", city: str = "x") -> Path:
+    """A Cityscapes-layout folder holding ``(H, W) uint8`` train-id maps (``labelTrainIds``), grey images."""
+    image_dir, label_dir = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    for i, label in enumerate(labels):
+        name = f"{city}_{i:06d}_000019"
+        Image.fromarray(np.full((*label.shape, 3), 128, np.uint8)).save(image_dir / f"{name}_leftImg8bit.png")
+        Image.fromarray(label.astype(np.uint8)).save(label_dir / f"{name}_gtFine_labelTrainIds.png")
+    return root

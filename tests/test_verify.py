@@ -1,0 +1,106 @@
+"""`softprep verify`: a sound store passes; a flipped byte, a tampered statistic, a missing shard,
+an unfinished image and a changed label file are each named on one line, with exit status 1."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from softprep import open_store
+from softprep.build import build
+from softprep.datasets import get_dataset
+from softprep.verify import verify
+
+SCALE = 0.25
+
+
+@pytest.fixture(scope="module")
+def sound_store(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("verify") / "sound.zarr"
+    build(get_dataset("cityscapes", demo_root), out, [SCALE, 0.5], kernel="bilinear", shard_size=4, jobs=1)
+    return out
+
+
+@pytest.fixture()
+def store(sound_store, tmp_path):
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(sound_store, copy)
+    return copy
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "softprep.cli", "verify", *map(str, args), "--jobs", "1"],
+                          capture_output=True, text=True)
+
+
+def inner_chunk_bytes(store_path, array_path, image, plane=0):
+    """(file, offset, nbytes) of one inner chunk of a sharded (N, K, H, W) array, from the shard index."""
+    array = zarr.open_array(str(store_path / array_path), mode="r")
+    per_shard, planes = array.shards[0], array.shards[1]
+    path = store_path / array_path / array.metadata.encode_chunk_key((image // per_shard, 0, 0, 0))
+    data = path.read_bytes()
+    n = per_shard * planes
+    index = np.frombuffer(data[-(16 * n + 4):-4], dtype="<u8").reshape(n, 2)
+    offset, nbytes = index[(image % per_shard) * planes + plane]
+    return path, int(offset), int(nbytes)
+
+
+def test_sound_store_passes(sound_store, demo_root):
+    assert verify(sound_store, jobs=1) == []
+    assert verify(sound_store, root=demo_root, jobs=2) == []
+    result = _cli(sound_store, "--root", demo_root)
+    assert result.returncode == 0 and result.stdout.strip().endswith(": ok")
+
+
+def test_one_flipped_byte_is_named(store):
+    ids = open_store(store).spec.splits["train"].ids
+    path, offset, nbytes = inner_chunk_bytes(store, f"train/{SCALE!r}/weights", image=5)
+    data = bytearray(path.read_bytes())
+    data[offset + nbytes // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = _cli(store)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"train/{SCALE!r}: image {ids[5]} (#5): weights cannot be read")
+    assert "1 problem(s)" in result.stderr
+
+
+def test_tampered_statistic_is_named(store):
+    mass = zarr.open_array(str(store / "train" / "0.5" / "mass"), mode="r+")
+    mass[2, 0] = mass[2, 0] + 1
+    ids = open_store(store).spec.splits["train"].ids
+    assert verify(store, jobs=1) == [
+        f"train/0.5: image {ids[2]} (#2): mass: recorded class masses differ from the stored soft label's (classes 0)"]
+
+
+def test_missing_shard_and_unfinished_image(store):
+    ids = open_store(store).spec.splits["val"].ids
+    shutil.rmtree(store / "val" / repr(SCALE) / "nn" / "c")
+    done = zarr.open_array(str(store / "train" / "done"), mode="r+")
+    done[0] = 0
+    problems = verify(store, jobs=1)
+    train_ids = open_store(store).spec.splits["train"].ids
+    assert f"train: image {train_ids[0]} (#0) not built (rerun `softprep build`)" in problems
+    for i, image_id in enumerate(ids):
+        assert f"val/{SCALE!r}: image {image_id} (#{i}): nn shard file missing" in problems
+    assert len(problems) == 1 + len(ids)
+
+
+def test_changed_label_file_is_found_with_root(store, demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    label_path = root / open_store(store).spec.splits["val"].labels[1]
+    label = np.array(Image.open(label_path))
+    label[:8] = 7  # label id 7 = road
+    Image.fromarray(label).save(label_path)
+    problems = verify(store, root=root, jobs=1)
+    image_id = open_store(store).spec.splits["val"].ids[1]
+    assert any(p.startswith(f"val: image {image_id} (#1): counts: recorded full-resolution counts differ") for p in problems)
+    assert all(image_id in p for p in problems)
