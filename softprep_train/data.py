@@ -1,0 +1,225 @@
+"""Streaming a softprep store into torch: the dataset, its paired augmentation, and batching.
+
+A training sample is read at a *source* scale of the store and brought to the crop by one
+geometry: resize by a random factor, random crop (padding marked ignore), horizontal flip. The
+geometry is two matrices built from :mod:`softprep.kernels` (the store's own kernel), so colour
+and soft label go through the very same linear map, ``out = rows @ x @ cols.T`` per channel:
+
+* ``rows``: ``(crop_h, src_h) float32``, the resize taps of the kept output rows; padding rows are 0.
+* ``cols``: ``(crop_w, src_w) float32``, the same for columns, reversed when flipped.
+
+NN labels (the ``ce-nn`` baseline) take the nearest-neighbour index of the same geometry.
+
+Densifying the sparse soft label and applying the geometry happen in :func:`finish_sample`,
+either in the DataLoader workers (``densify="worker"``) or on the training device
+(``densify="device"``: workers ship the small sparse planes instead of ``(C, h, w)`` floats).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from softprep.kernels import axis_weights, output_size
+from softprep.softlabel import EMPTY
+from softprep.store import open_store
+
+IGNORE = 255
+RESIZE_RANGE = (0.5, 2.0)
+
+
+@dataclass
+class Augment:
+    """The paper's crop-based scheme: resize by ``U(resize_range)``, crop ``crop`` (h, w), flip."""
+
+    crop: tuple[int, int]
+    resize_range: tuple[float, float] = RESIZE_RANGE
+    flip: bool = True
+
+
+def axis_map(kernel: str, antialias: bool, src: int, out: int, start: int, length: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of a geometry: resize ``src -> out``, keep ``[start, start + length)`` (beyond ``out``: padding).
+
+    Returns:
+        ``(length, src) float32`` resize matrix rows (zero rows for padding) and ``(length,) int64``
+        nearest source index (-1 for padding), both reversed when ``flip``.
+    """
+    taps, nearest = axis_weights(kernel, src, out, antialias), axis_weights("nearest", src, out)
+    matrix = np.zeros((length, src), dtype=np.float32)
+    index = np.full(length, -1, dtype=np.int64)
+    keep = np.arange(start, min(start + length, out))
+    rows = np.repeat(np.arange(len(keep)), taps.taps)
+    np.add.at(matrix, (rows, taps.index[keep].ravel()), taps.weight[keep].ravel())
+    index[: len(keep)] = nearest.index[keep, 0]
+    if flip:
+        matrix, index = matrix[::-1].copy(), index[::-1].copy()
+    return matrix, index
+
+
+def densify(classes: torch.Tensor, weights: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Sparse slots ``classes (K, h, w) uint8`` + ``weights (K, h, w) float32`` -> ``(C, h, w) float32``."""
+    index = classes.long().clamp_max(num_classes)  # EMPTY -> the discarded row C
+    dense = torch.zeros((num_classes + 1, *classes.shape[1:]), dtype=weights.dtype, device=weights.device)
+    dense.scatter_add_(0, index, weights)
+    return dense[:num_classes]
+
+
+def finish_sample(raw: dict, num_classes: int) -> dict:
+    """Densify and apply the geometry: ``image (3, h, w) float32`` in [0, 255], ``soft (C, h, w)
+    float32`` (sums to the valid fraction; 0 on padding), ``nn (h, w) int64`` (255 = ignore)."""
+    soft = densify(raw["classes"], raw["weights"], num_classes)
+    image = raw["image"].permute(2, 0, 1).float()
+    rows, cols = raw["rows"].to(soft.device), raw["cols"].to(soft.device)
+    out = {
+        "image": torch.einsum("yh,chw,xw->cyx", rows, image, cols),
+        "soft": torch.einsum("yh,chw,xw->cyx", rows, soft, cols),
+    }
+    nn_rows, nn_cols = raw["nn_rows"].to(soft.device), raw["nn_cols"].to(soft.device)
+    nn = raw["nn"].long()[nn_rows.clamp_min(0)][:, nn_cols.clamp_min(0)]
+    nn[(nn_rows < 0)[:, None] | (nn_cols < 0)[None, :]] = IGNORE
+    out["nn"] = nn
+    return out
+
+
+class StoreDataset(Dataset):
+    """One split of a store at a training scale, with the paired augmentation.
+
+    Each DataLoader worker opens the store itself on first use (nothing unpicklable is held).
+    Index with ``i`` (no augmentation: the stored sample at ``scale``) or ``(i, seed)``: the
+    augmentation is drawn from ``seed``, so a run is reproducible whatever the worker count.
+
+    Items: with ``densify="worker"``, :func:`finish_sample`'s dict (plus ``index``); with
+    ``densify="device"``, the raw sparse dict that :func:`finish_sample` takes.
+    """
+
+    def __init__(self, store_path: str, split: str, scale: float, augment: Augment | None = None,
+                 densify: str = "worker"):
+        store = open_store(store_path)
+        self.store_path, self.split, self.scale = str(store_path), split, float(scale)
+        self.augment, self.densify = augment, densify
+        self.kernel, self.antialias = store.attrs["kernel"], store.attrs["antialias"]
+        self.num_classes = len(store.classes)
+        self.scales = sorted(float(s) for s in store.scales)
+        self.full_sizes = store.spec.splits[split].sizes
+        self.ids = store.spec.splits[split].ids
+        store.samples(split, scale)  # a clear error now for a missing split or scale
+        self._store, self._pid = None, None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _views(self):
+        if self._store is None or self._pid != os.getpid():  # a fresh handle per worker process
+            self._store, self._pid = open_store(self.store_path), os.getpid()
+            self._view_cache = {}
+        return self._store
+
+    def view(self, scale: float):
+        store = self._views()
+        if scale not in self._view_cache:
+            self._view_cache[scale] = store.samples(self.split, scale)
+        return self._view_cache[scale]
+
+    def source_scale(self, target: float) -> float:
+        """The smallest stored scale at or above ``target`` (else the largest): the least resizing."""
+        return next((s for s in self.scales if s >= target - 1e-12), self.scales[-1])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        raw = self.raw(index, seed)
+        if self.densify == "device":
+            return raw
+        return {**finish_sample(raw, self.num_classes), "index": index}
+
+    def raw(self, index: int, seed: int | None) -> dict:
+        """Sparse sample at its source scale, with the geometry matrices of its augmentation."""
+        full_h, full_w = self.full_sizes[index]
+        if self.augment is None or seed is None:
+            target, source = self.scale, self.scale
+            out_h, out_w = output_size(full_h, target), output_size(full_w, target)
+            crop, start, flip = (out_h, out_w), (0, 0), False
+        else:
+            rng = np.random.default_rng(seed)
+            low, high = self.augment.resize_range
+            target = self.scale * rng.uniform(low, high)
+            source = self.source_scale(target)
+            out_h, out_w = max(1, round(full_h * target)), max(1, round(full_w * target))
+            crop = self.augment.crop
+            start = (int(rng.integers(0, max(out_h - crop[0], 0) + 1)), int(rng.integers(0, max(out_w - crop[1], 0) + 1)))
+            flip = bool(self.augment.flip and rng.random() < 0.5)
+        sample = self.view(source)[index]
+        soft = sample.soft_label()
+        src_h, src_w = sample.shape
+        rows, nn_rows = axis_map(self.kernel, self.antialias, src_h, out_h, start[0], crop[0], False)
+        cols, nn_cols = axis_map(self.kernel, self.antialias, src_w, out_w, start[1], crop[1], flip)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(sample.image)),
+            "classes": torch.from_numpy(soft.classes),
+            "weights": torch.from_numpy(soft.scaled_weights().astype(np.float32)),
+            "nn": torch.from_numpy(sample.nn()),
+            "rows": torch.from_numpy(rows), "cols": torch.from_numpy(cols),
+            "nn_rows": torch.from_numpy(nn_rows), "nn_cols": torch.from_numpy(nn_cols),
+            "index": index,
+        }
+
+
+def collate(items: list[dict]) -> dict | list[dict]:
+    """Stack finished samples; leave raw (device-densified) samples as a list."""
+    if "soft" in items[0]:
+        return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in items[0]}
+    return items
+
+
+def to_device(batch: dict | list[dict], device: torch.device, num_classes: int) -> dict:
+    """A batch on ``device``: ``image (B, 3, h, w)``, ``soft (B, C, h, w)``, ``nn (B, h, w)``."""
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    done = [finish_sample({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in raw.items()},
+                          num_classes) for raw in batch]
+    return {key: torch.stack([d[key] for d in done]) for key in done[0]}
+
+
+class TrainSampler(Sampler):
+    """Endless ``(index, augmentation seed)`` pairs: epochs of a :class:`DistributedSampler`
+    (shuffled with ``seed + epoch``, this rank's share), started at ``start_batch`` so that a
+    resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+
+    def batches_per_epoch(self) -> int:
+        per_rank = math.ceil(len(self.dataset) / self.world_size)
+        return max(1, per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        per_epoch = self.batches_per_epoch()
+        epoch, skip = divmod(self.start_batch, per_epoch)
+        while True:
+            sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank,
+                                         shuffle=True, seed=self.seed)
+            sampler.set_epoch(epoch)
+            indices = list(sampler)
+            if len(indices) < self.batch_size:  # fewer images than a batch: repeat them
+                indices = (indices * math.ceil(self.batch_size / max(1, len(indices))))[: self.batch_size]
+            for position, index in enumerate(indices[skip * self.batch_size: per_epoch * self.batch_size], skip * self.batch_size):
+                yield index, _mix(self.seed, epoch, position, self.rank)
+            epoch, skip = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
+        return 2**62
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit augmentation seed from run seed, epoch, position and rank."""
+    return int(np.random.SeedSequence(list(values)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
+
+
+__all__ = ["Augment", "StoreDataset", "TrainSampler", "collate", "densify", "finish_sample", "to_device", "EMPTY"]

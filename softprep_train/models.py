@@ -1,0 +1,141 @@
+"""Segmentation models, all built the same way: ``build_model(name, num_classes, pretrained=None)``.
+
+A timm backbone (``features_only``, never downloaded) plus a small in-tree head:
+
+* HRNetV2: every branch upsampled to 1/4, concatenated, 1x1 conv-BN-ReLU, 1x1 classifier.
+* DeepLabV3+: ASPP (rates 6/12/18 at output stride 16, doubled at 8, plus image pooling) on the
+  last feature map, and a decoder that joins it at 1/4 with a 48-channel projection of the
+  stride-4 features, two 3x3 conv-BN-ReLU, 1x1 classifier.
+
+``forward(x (B, 3, H, W))`` returns logits ``(B, C, H, W)`` (bilinear from 1/4). ImageNet
+weights only come from a local file (``pretrained=PATH``: a timm / torchvision state dict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softprep.errors import SoftprepError
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel - 1) // 2
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class HRNetV2Head(nn.Module):
+    """Upsample all branches to the first (1/4), concatenate, 1x1 conv-BN-ReLU, 1x1 classifier."""
+
+    def __init__(self, channels: list[int], num_classes: int):
+        super().__init__()
+        total = sum(channels)
+        self.fuse = conv_bn_relu(total, total)
+        self.classifier = nn.Conv2d(total, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        joined = torch.cat([features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                                            for f in features[1:]], dim=1)
+        return self.classifier(self.fuse(joined))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: a 1x1 branch, three dilated 3x3 branches, image pooling."""
+
+    def __init__(self, cin: int, rates: tuple[int, int, int], cout: int = 256):
+        super().__init__()
+        self.branches = nn.ModuleList([conv_bn_relu(cin, cout)] + [conv_bn_relu(cin, cout, 3, r) for r in rates])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, cout, 1, bias=False), nn.ReLU(inplace=True))
+        self.project = conv_bn_relu(cout * (len(rates) + 2), cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """ASPP on the deep features; decoder with a 48-channel projection of the stride-4 features."""
+
+    def __init__(self, low_channels: int, high_channels: int, num_classes: int, output_stride: int):
+        super().__init__()
+        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        self.aspp = ASPP(high_channels, rates)
+        self.low = conv_bn_relu(low_channels, 48)
+        self.decode = nn.Sequential(conv_bn_relu(256 + 48, 256, 3), conv_bn_relu(256, 256, 3))
+        self.classifier = nn.Conv2d(256, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        low, high = features
+        high = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.decode(torch.cat([high, self.low(low)], dim=1)))
+
+
+class Segmenter(nn.Module):
+    """Backbone + head; logits upsampled (bilinear) to the input size."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.backbone(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registry entry: the timm backbone and how to build the head on it."""
+
+    backbone: str
+    family: str  # "hrnetv2" | "deeplabv3plus"
+    output_stride: int = 8
+
+
+MODELS: dict[str, ModelSpec] = {
+    "hrnetv2_w48": ModelSpec("hrnet_w48", "hrnetv2"),
+    "hrnetv2_w18_small": ModelSpec("hrnet_w18_small_v2", "hrnetv2"),
+    "deeplabv3plus_r101": ModelSpec("resnet101", "deeplabv3plus", 8),
+    "deeplabv3plus_r101_os16": ModelSpec("resnet101", "deeplabv3plus", 16),
+    "deeplabv3plus_r50": ModelSpec("resnet50", "deeplabv3plus", 8),
+    "deeplabv3plus_r18": ModelSpec("resnet18", "deeplabv3plus", 16),
+}
+
+
+def _backbone(spec: ModelSpec, pretrained: str | Path | None) -> nn.Module:
+    options: dict = {"features_only": True}
+    if spec.family == "hrnetv2":
+        options.update(feature_location="", out_indices=(1, 2, 3, 4))  # raw branches at 1/4 .. 1/32
+    else:
+        options.update(output_stride=spec.output_stride, out_indices=(1, 4))  # stride 4 and the deepest
+    if pretrained is not None:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise SoftprepError(f"{path}: pretrained weights file not found (weights are never downloaded; name a local file)")
+        options.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    try:
+        return timm.create_model(spec.backbone, **options)
+    except RuntimeError as error:
+        raise SoftprepError(f"{pretrained}: cannot load into {spec.backbone}: {str(error).splitlines()[0]}") from None
+
+
+def build_model(name: str, num_classes: int, pretrained: str | Path | None = None) -> Segmenter:
+    """The registered model ``name`` with a ``num_classes`` head; backbone weights from ``pretrained`` (a local file)."""
+    if name not in MODELS:
+        raise SoftprepError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    spec = MODELS[name]
+    backbone = _backbone(spec, pretrained)
+    channels = backbone.feature_info.channels()
+    if spec.family == "hrnetv2":
+        head: nn.Module = HRNetV2Head(channels, num_classes)
+    else:
+        head = DeepLabV3PlusHead(channels[0], channels[1], num_classes, spec.output_stride)
+    return Segmenter(backbone, head)
+
+

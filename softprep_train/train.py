@@ -1,0 +1,218 @@
+"""``softprep-train fit``: one training loop, read top to bottom.
+
+SGD (momentum 0.9, weight decay 1e-4), poly learning rate (power 0.9) after a linear warm-up,
+AMP on GPU, optional gradient clipping, JSON-lines logs, atomic checkpoints, bit-identical
+``--resume`` on CPU (the data order and every augmentation are functions of seed and iteration),
+DDP when started by ``torchrun`` (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from softprep.errors import SoftprepError
+from softprep.store import open_store
+from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
+from softprep_train.losses import ce_nn_loss, kl_loss
+from softprep_train.models import build_model
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in every checkpoint."""
+
+    store: str
+    scale: float
+    out: str
+    model: str = "hrnetv2_w48"
+    loss: str = "kl"  # "kl" | "ce-nn"
+    mc: bool = True  # KL over multi-class pixels too (Table III)
+    class_weights: list[float] | None = None
+    split: str = "train"
+    crop: tuple[int, int] | None = None  # (h, w); default: the split's size at --scale
+    batch_size: int = 12
+    iters: int = 80000
+    epochs: int | None = None  # overrides iters when set
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    amp: str = "auto"  # "auto" (bf16 on GPU, off on CPU) | "off" | "bf16" | "fp16"
+    clip_grad: float | None = None
+    workers: int = 2
+    densify: str = "auto"  # "auto" (device on GPU, worker on CPU) | "worker" | "device"
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    seed: int = 0
+    pretrained: str | None = None
+    device: str = "auto"
+    resume: bool = False
+
+
+def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
+    """Linear warm-up to ``lr``, then ``lr * (1 - progress) ** poly_power``."""
+    if iteration < config.warmup_iters:
+        return config.lr * (iteration + 1) / config.warmup_iters
+    progress = (iteration - config.warmup_iters) / max(1, total - config.warmup_iters)
+    return config.lr * (1 - min(progress, 1.0)) ** config.poly_power
+
+
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, h, w)`` float in [0, 255] -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, to compare ranks and runs."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically: a temp file beside ``path``, then rename (a crash leaves the old one)."""
+    temp = path.with_suffix(path.suffix + ".partial")
+    torch.save(payload, temp)
+    os.replace(temp, path)
+
+
+def fit(config: TrainConfig, progress: bool = True) -> dict:
+    """Train; returns the summary that is also written to ``out/summary.json``."""
+    # --- distributed set-up (torchrun sets these variables) ---
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = open_store(config.store)
+    if not store.complete:
+        raise SoftprepError(f"{config.store}: store is not completely built; finish it with `softprep build` first")
+    num_classes = len(store.classes)
+
+    # --- data ---
+    view = store.samples(config.split, config.scale)
+    crop = tuple(config.crop) if config.crop else tuple(view.sizes[0])
+    densify = config.densify if config.densify != "auto" else ("device" if device.type == "cuda" else "worker")
+    dataset = StoreDataset(config.store, config.split, config.scale, Augment(crop), densify)
+    batches_per_epoch = TrainSampler(dataset, config.batch_size, config.seed, 0, rank, world_size).batches_per_epoch()
+    total = config.epochs * batches_per_epoch if config.epochs else config.iters
+    class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
+
+    # --- model, optimiser, mixed precision ---
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, num_classes, config.pretrained).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    iteration = 0
+    last = out / "last.pt"
+    if config.resume:
+        if not last.is_file():
+            raise SoftprepError(f"{last}: no checkpoint to resume from; drop --resume to start a new run")
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        iteration = state["iteration"]
+    trained = DistributedDataParallel(model) if world_size > 1 else model
+
+    sampler = TrainSampler(dataset, config.batch_size, config.seed, iteration, rank, world_size)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+                        prefetch_factor=4 if config.workers > 0 else None)
+
+    def checkpoint(path: Path) -> None:
+        if rank == 0:
+            save_checkpoint(path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "iteration": iteration, "config": asdict(config), "classes": store.classes,
+                "palette": store.attrs["palette"], "kernel": store.attrs["kernel"], "antialias": store.attrs["antialias"],
+                "num_classes": num_classes, "crop": list(crop),
+            })
+
+    # --- the loop ---
+    log = open(out / ("log.jsonl" if rank == 0 else f"log.rank{rank}.jsonl"), "a")
+    bar = tqdm(total=total, initial=iteration, desc="fit", unit="it", disable=not progress or rank != 0)
+    start, wait, window_images, window_start, losses = time.perf_counter(), 0.0, 0, time.perf_counter(), []
+    batches = iter(loader)
+    trained.train()
+    while iteration < total:
+        fetch = time.perf_counter()
+        batch = to_device(next(batches), device, num_classes)
+        wait += time.perf_counter() - fetch
+        lr = lr_at(config, iteration, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = trained(normalise(batch["image"]))
+        if config.loss == "kl":
+            loss = kl_loss(logits, batch["soft"], config.mc, class_weights)
+        else:
+            loss = ce_nn_loss(logits, batch["nn"], class_weights)
+        if not torch.isfinite(loss):
+            raise SoftprepError(f"loss is {loss.item()} at iteration {iteration} (lr {lr:.3g}); lower --lr, add "
+                                f"--clip-grad or --warmup-iters; the last good checkpoint is {last}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        iteration += 1
+        losses.append(loss.item())
+        window_images += batch["image"].shape[0] * world_size
+        bar.update(1)
+        if iteration % config.log_every == 0 or iteration == total:
+            now = time.perf_counter()
+            record = {"iter": iteration, "loss": losses[-1], "mean_loss": float(np.mean(losses[-config.log_every:])),
+                      "lr": lr, "images_per_s": window_images / (now - window_start), "data_wait_share": wait / (now - window_start)}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{record['mean_loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{record['images_per_s']:.1f}")
+            window_images, window_start, wait = 0, now, 0.0
+        if iteration % config.checkpoint_every == 0 and iteration < total:
+            checkpoint(last)
+    bar.close()
+    checkpoint(last)
+    seconds = time.perf_counter() - start
+    summary = {"rank": rank, "world_size": world_size, "iterations": iteration, "seconds": seconds,
+               "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
+               "weights_sha256": weights_digest(model), "checkpoint": str(last), "device": str(device), "amp": amp,
+               "densify": densify}
+    if device.type == "cuda":
+        summary["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    (out / ("summary.json" if rank == 0 else f"summary.rank{rank}.json")).write_text(json.dumps(summary, indent=2))
+    log.close()
+    if world_size > 1:
+        dist.destroy_process_group()
+    return summary
+
+
+__all__ = ["TrainConfig", "fit", "lr_at", "save_checkpoint", "weights_digest"]
