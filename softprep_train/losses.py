@@ -35,8 +35,8 @@ def kl_loss(logits: torch.Tensor, target: torch.Tensor, mc: bool = True,
     Returns:
         scalar tensor (0 when no pixel counts).
     """
-    log_p = F.log_softmax(logits.float(), dim=1)
-    target = target.float()
+    log_p = F.log_softmax(_at_least_float32(logits), dim=1)
+    target = _at_least_float32(target)
     valid = target.sum(dim=1)  # (B, h, w)
     normalised = target / valid.clamp_min(1e-12).unsqueeze(1)
     log_target = torch.log(normalised.clamp_min(1e-30))
@@ -55,7 +55,12 @@ def ce_nn_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.
     weight = class_weights.to(logits.device, torch.float32) if class_weights is not None else None
     if not (labels != IGNORE).any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE)
+    return F.cross_entropy(_at_least_float32(logits), labels, weight=weight, ignore_index=IGNORE)
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """AMP logits (bf16/fp16) are upcast for the loss; float64 stays float64 (gradient checks)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 LOSSES = ("kl", "ce-nn")

@@ -63,6 +63,7 @@ class TrainConfig:
     pretrained: str | None = None
     device: str = "auto"
     resume: bool = False
+    stop_at: int | None = None  # stop (with a checkpoint) after this iteration, as if interrupted
 
 
 def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
@@ -158,11 +159,12 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
 
     # --- the loop ---
     log = open(out / ("log.jsonl" if rank == 0 else f"log.rank{rank}.jsonl"), "a")
-    bar = tqdm(total=total, initial=iteration, desc="fit", unit="it", disable=not progress or rank != 0)
+    bar = tqdm(total=total, initial=iteration, desc="fit", unit="it", disable=None if progress and rank == 0 else True)
     start, wait, window_images, window_start, losses = time.perf_counter(), 0.0, 0, time.perf_counter(), []
     batches = iter(loader)
     trained.train()
-    while iteration < total:
+    stop = min(total, config.stop_at or total)
+    while iteration < stop:
         fetch = time.perf_counter()
         batch = to_device(next(batches), device, num_classes)
         wait += time.perf_counter() - fetch
@@ -189,7 +191,7 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
         losses.append(loss.item())
         window_images += batch["image"].shape[0] * world_size
         bar.update(1)
-        if iteration % config.log_every == 0 or iteration == total:
+        if iteration % config.log_every == 0 or iteration == stop:
             now = time.perf_counter()
             record = {"iter": iteration, "loss": losses[-1], "mean_loss": float(np.mean(losses[-config.log_every:])),
                       "lr": lr, "images_per_s": window_images / (now - window_start), "data_wait_share": wait / (now - window_start)}
@@ -197,7 +199,7 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
             log.flush()
             bar.set_postfix(loss=f"{record['mean_loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{record['images_per_s']:.1f}")
             window_images, window_start, wait = 0, now, 0.0
-        if iteration % config.checkpoint_every == 0 and iteration < total:
+        if iteration % config.checkpoint_every == 0 and iteration < stop:
             checkpoint(last)
     bar.close()
     checkpoint(last)

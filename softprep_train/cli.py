@@ -1,0 +1,136 @@
+"""``softprep-train``: fit, eval, predict (a thin shell over :mod:`softprep_train`).
+
+Distributed: ``torchrun --nproc-per-node N -m softprep_train.cli fit ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from softprep.errors import SoftprepError
+
+
+class _Group(click.Group):
+    """Turn :class:`SoftprepError` into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SoftprepError as error:
+            click.echo(f"softprep-train: error: {error}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Train segmentation models on soft labels from a softprep store (KL loss, paper eq. 4).
+
+    \b
+      softprep-train fit --store STORE.zarr --scale 0.25 --model hrnetv2_w48 --loss kl --out runs/hr
+      softprep-train eval --checkpoint runs/hr/last.pt --store STORE.zarr --split val
+      softprep-train predict --checkpoint runs/hr/last.pt --images DIR --out DIR
+    """
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SoftprepError(f"--crop {text!r}: expected HxW, e.g. 256x512") from None
+    return h, w
+
+
+def _class_weights(path: Path | None) -> list[float] | None:
+    if path is None:
+        return None
+    try:
+        return [float(v) for v in json.loads(Path(path).read_text())]
+    except (OSError, ValueError, TypeError) as error:
+        raise SoftprepError(f"{path}: expected a JSON list of one weight per class ({error})") from None
+
+
+@main.command()
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="softprep store to train from.")
+@click.option("--scale", required=True, type=float, help="Training scale (a stored scale), e.g. 0.25.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder: logs, checkpoints.")
+@click.option("--model", default="hrnetv2_w48", show_default=True, help="Registered model (see softprep_train.models.MODELS).")
+@click.option("--loss", default="kl", show_default=True, type=click.Choice(["kl", "ce-nn"]), help="kl: soft labels; ce-nn: NN hard labels (baseline).")
+@click.option("--mc/--no-mc", default=True, show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
+@click.option("--class-weights", type=click.Path(dir_okay=False, path_type=Path), help="JSON list of per-class loss weights.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--crop", default=None, help="Crop HxW (default: the stored size at --scale).")
+@click.option("--batch-size", default=12, show_default=True)
+@click.option("--iters", default=80000, show_default=True, help="Iterations (ignored with --epochs).")
+@click.option("--epochs", type=int, default=None, help="Train for this many epochs instead of --iters.")
+@click.option("--lr", default=0.01, show_default=True)
+@click.option("--warmup-iters", default=0, show_default=True, help="Linear warm-up before the poly schedule.")
+@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="auto: bf16 on GPU, off on CPU.")
+@click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
+@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--densify", default="auto", show_default=True, type=click.Choice(["auto", "worker", "device"]),
+              help="Where sparse soft labels become dense: auto = device on GPU, worker on CPU.")
+@click.option("--log-every", default=10, show_default=True)
+@click.option("--checkpoint-every", default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--pretrained", type=click.Path(dir_okay=False, path_type=Path), help="Local ImageNet backbone weights (never downloaded).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (bit-identical on CPU).")
+@click.option("--stop-at", type=int, default=None, help="Stop after this iteration with a checkpoint (time-limited jobs); continue later with --resume.")
+def fit(**options):
+    """Train a model on a store split at one scale."""
+    from softprep_train.train import TrainConfig, fit as run_fit
+
+    options["crop"] = _size(options["crop"])
+    options["class_weights"] = _class_weights(options["class_weights"])
+    for key in ("store", "out", "pretrained"):
+        options[key] = str(options[key]) if options[key] is not None else None
+    summary = run_fit(TrainConfig(**options))
+    if summary["rank"] == 0:
+        click.echo(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s on {summary['device']}: "
+                   f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
+
+
+@main.command(name="eval")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
+@click.option("--store", required=True, type=click.Path(path_type=Path))
+@click.option("--split", default="val", show_default=True)
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root, when the store has no scale 1.0 labels.")
+@click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]), help="Whole image or sliding window (crop size, 2/3 stride).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON report (default: next to the checkpoint).")
+@click.option("--device", default="auto", show_default=True)
+def evaluate(checkpoint, store, split, root, mode, out, device):
+    """Full-resolution per-class IoU and mIoU (paper Table I layout)."""
+    from softprep_train.evaluate import evaluate as run_eval, save_report
+
+    report = run_eval(checkpoint, store, split, root, mode, device)
+    click.echo(report.table(), nl=False)
+    path = save_report(report, out or Path(checkpoint).with_name(f"eval-{split}.json"))
+    click.echo(f"mIoU {100 * report.miou:.1f} on {split} ({len(report.classes)} classes); report {path}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
+@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of .png/.jpg images (searched recursively).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the colourised masks.")
+@click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]))
+@click.option("--device", default="auto", show_default=True)
+def predict(checkpoint, images, out, mode, device):
+    """Colourised prediction masks, one <name>_pred.png per image."""
+    from softprep_train.predict import predict_folder
+
+    written = predict_folder(checkpoint, images, out, mode, device)
+    click.echo(f"wrote {len(written)} masks to {out}")
+
+
+def entry():
+    main(prog_name="softprep-train")
+
+
+if __name__ == "__main__":
+    entry()

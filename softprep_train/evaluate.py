@@ -1,0 +1,148 @@
+"""``softprep-train eval``: full-resolution mIoU, as the paper's Table I reports it.
+
+The model sees each image at its training scale (from the store); its logits are upsampled
+(bilinear) to the original label size and compared with the original full-resolution labels:
+the store's ``nn`` map at scale 1.0 (identical to the label file) when the store has that scale,
+else the label files under ``root``. The confusion matrix is accumulated on the device.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from softprep.build import stored_sample
+from softprep.datasets import get_dataset
+from softprep.errors import SoftprepError
+from softprep.store import Store, open_store
+from softprep_train.data import IGNORE
+from softprep_train.models import build_model
+from softprep_train.train import normalise
+
+FULL = 1.0
+
+
+@dataclass
+class Report:
+    """Per-class IoU (NaN for a class absent from both labels and predictions) and their mean."""
+
+    classes: list[str]
+    confusion: np.ndarray  # (C, C) int64, rows = ground truth, columns = prediction
+    model: str
+    scale: float
+
+    @property
+    def iou(self) -> np.ndarray:
+        return iou_from_confusion(self.confusion)
+
+    @property
+    def miou(self) -> float:
+        return float(np.nanmean(self.iou))
+
+    def table(self) -> str:
+        """Table I layout: model, resolution, one column per class (IoU %, one decimal), mIoU."""
+        header = ["model", "scale", *self.classes, "mIoU"]
+        values = [self.model, f"{self.scale:g}", *("-" if np.isnan(v) else f"{100 * v:.1f}" for v in self.iou), f"{100 * self.miou:.1f}"]
+        return "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n| " + " | ".join(values) + " |\n"
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "scale": self.scale, "classes": self.classes,
+                "iou": [None if np.isnan(v) else float(v) for v in self.iou], "miou": self.miou,
+                "confusion": self.confusion.tolist()}
+
+
+def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """``(C,)`` IoU = TP / (TP + FP + FN) per class; NaN where that is 0/0."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def accumulate(confusion: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) -> None:
+    """Add ``(H, W)`` prediction/label pairs to a ``(C, C)`` device confusion matrix (ignore skipped)."""
+    c = confusion.shape[0]
+    valid = label != IGNORE
+    confusion += torch.bincount(label[valid].long() * c + prediction[valid].long(), minlength=c * c).view(c, c)
+
+
+def predict_logits(model: torch.nn.Module, image: torch.Tensor, mode: str, window: tuple[int, int]) -> torch.Tensor:
+    """Logits ``(1, C, h, w)`` for a normalised ``(1, 3, h, w)`` image, whole or by sliding window."""
+    if mode == "whole":
+        return model(image)
+    if mode != "slide":
+        raise SoftprepError(f"unknown inference mode {mode!r}; use whole or slide")
+    _, _, h, w = image.shape
+    wh, ww = min(window[0], h), min(window[1], w)
+    stride_h, stride_w = max(1, wh * 2 // 3), max(1, ww * 2 // 3)
+    ys = sorted({*range(0, h - wh + 1, stride_h), h - wh})
+    xs = sorted({*range(0, w - ww + 1, stride_w), w - ww})
+    logits, count = None, torch.zeros((1, 1, h, w), device=image.device)
+    for y in ys:
+        for x in xs:
+            part = model(image[:, :, y:y + wh, x:x + ww])
+            if logits is None:
+                logits = torch.zeros((1, part.shape[1], h, w), device=image.device)
+            logits[:, :, y:y + wh, x:x + ww] += part.float()
+            count[:, :, y:y + wh, x:x + ww] += 1
+    return logits / count
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The model of a checkpoint (eval mode, on ``device``) and the checkpoint dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoftprepError(f"{path}: checkpoint not found")
+    state = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(state["config"]["model"], state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def full_resolution_labels(store: Store, split: str, root: str | Path | None):
+    """A function ``index -> (H, W) uint8`` original train ids: from the store's scale 1.0, or from ``root``."""
+    if any(float(s) == FULL for s in store.scales):
+        view = store.samples(split, FULL)
+        return lambda i: view[i].nn()
+    if root is None:
+        raise SoftprepError(f"{store.path}: has no scale 1.0 to read full-resolution labels from; pass --root DATA "
+                            "(the dataset folder) or build the store with --scales ... 1.0")
+    dataset = get_dataset(store.attrs["dataset"], root)
+    spec = store.spec.splits[split]
+    return lambda i: dataset.read_label(stored_sample(dataset, spec, i))
+
+
+@torch.no_grad()
+def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val", root: str | Path | None = None,
+             mode: str = "whole", device: str = "auto", progress: bool = True) -> Report:
+    """Full-resolution confusion matrix and IoU of a checkpoint on a split of a store."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    model, state = load_checkpoint(checkpoint, device)
+    scale = float(state["config"]["scale"])
+    store = open_store(store_path)
+    if store.classes != state["classes"]:
+        raise SoftprepError(f"{store_path}: classes differ from the checkpoint's; evaluate on a store of the same dataset")
+    view = store.samples(split, scale)
+    labels = full_resolution_labels(store, split, root)
+    c = len(store.classes)
+    confusion = torch.zeros((c, c), dtype=torch.int64, device=device)
+    for i in tqdm(range(len(view)), desc="eval", unit="img", disable=None if progress else True):
+        image = torch.from_numpy(np.ascontiguousarray(view[i].image)).permute(2, 0, 1)[None].float().to(device)
+        logits = predict_logits(model, normalise(image), mode, tuple(state["crop"]))
+        label = torch.from_numpy(labels(i)).to(device)
+        full = F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False)
+        accumulate(confusion, full[0].argmax(0), label)
+    return Report(store.classes, confusion.cpu().numpy(), state["config"]["model"], scale)
+
+
+def save_report(report: Report, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(report.to_json(), indent=2))
+    return path
