@@ -78,15 +78,23 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Backbone + head; logits upsampled (bilinear) to the input size."""
+    """Backbone + head; logits upsampled (bilinear) to the input size.
+
+    Inputs of any size work: they are zero-padded (bottom, right) to a multiple of the backbone's
+    largest stride, which HRNet's branch fusion needs, and the logits are cropped back.
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
+        self.stride = max(backbone.feature_info.reduction())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (0, -w % self.stride, 0, -h % self.stride))
+        logits = self.head(self.backbone(padded))
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,8 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         iteration = state["iteration"]
+    if world_size > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all ranks
     trained = DistributedDataParallel(model) if world_size > 1 else model
 
     sampler = TrainSampler(dataset, config.batch_size, config.seed, iteration, rank, world_size)
@@ -202,6 +204,9 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
         if iteration % config.checkpoint_every == 0 and iteration < stop:
             checkpoint(last)
     bar.close()
+    if world_size > 1:  # BN running statistics drift per rank on CPU (no SyncBatchNorm there): keep rank 0's
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
     checkpoint(last)
     seconds = time.perf_counter() - start
     summary = {"rank": rank, "world_size": world_size, "iterations": iteration, "seconds": seconds,

@@ -1,0 +1,115 @@
+"""The training dataset: stored samples unchanged without augmentation, one geometry for colour and
+soft label (against torch's F.interpolate), ignore padding, worker == device densifying,
+reproducible batches whatever the worker count, DistributedSampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from softprep import open_store
+from softprep.build import build
+from softprep.datasets import get_dataset
+from softprep_train.data import IGNORE, Augment, StoreDataset, TrainSampler, axis_map, collate, densify, finish_sample, to_device
+
+
+@pytest.fixture(scope="module")
+def store(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train-data") / "store.zarr"
+    build(get_dataset("cityscapes", demo_root), out, [0.25, 0.5, 1.0], kernel="bilinear", shard_size=4, jobs=1)
+    return str(out)
+
+
+def test_densify_equals_the_stored_dense_soft_label(store):
+    sample = open_store(store).samples("train", 0.5)[1]
+    soft = sample.soft_label()
+    dense = densify(torch.from_numpy(soft.classes), torch.from_numpy(soft.scaled_weights().astype(np.float32)), 19)
+    np.testing.assert_array_equal(dense.numpy(), sample.soft())
+
+
+def test_without_augmentation_items_are_the_stored_sample(store):
+    dataset = StoreDataset(store, "val", 0.5)
+    item = dataset[2]
+    sample = open_store(store).samples("val", 0.5)[2]
+    np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), sample.image.astype(np.float32))
+    np.testing.assert_array_equal(item["soft"].numpy(), sample.soft())
+    np.testing.assert_array_equal(item["nn"].numpy(), sample.nn())
+
+
+def test_geometry_equals_torch_interpolate_then_crop_and_flip():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((5, 20, 30)).astype(np.float32))
+    out_h, out_w, crop = 13, 41, (8, 16)
+    rows, _ = axis_map("bilinear", False, 20, out_h, 3, crop[0], False)
+    cols, _ = axis_map("bilinear", False, 30, out_w, 20, crop[1], True)
+    ours = torch.einsum("yh,chw,xw->cyx", torch.from_numpy(rows), x, torch.from_numpy(cols))
+    reference = F.interpolate(x[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
+    reference = reference[:, 3:3 + crop[0], 20:20 + crop[1]].flip(-1)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_augmented_sample_pairs_colour_and_labels_and_pads_with_ignore(store):
+    dataset = StoreDataset(store, "train", 0.25, Augment(crop=(24, 40)))
+    full_h, full_w = dataset.full_sizes[0]
+    for seed in range(20):
+        raw = dataset.raw(0, seed)
+        item = finish_sample(raw, 19)
+        assert item["image"].shape == (3, 24, 40) and item["soft"].shape == (19, 24, 40) and item["nn"].shape == (24, 40)
+        sums = item["soft"].sum(0)
+        assert float(sums.max()) <= 1 + 1e-5 and float(sums.min()) >= 0
+        padded_rows = (raw["rows"].sum(1) == 0).numpy()
+        padded_cols = (raw["cols"].sum(1) == 0).numpy()
+        padding = padded_rows[:, None] | padded_cols[None, :]
+        assert (sums.numpy()[padding] == 0).all() and (item["nn"].numpy()[padding] == IGNORE).all()
+        assert (item["image"].numpy()[:, padding] == 0).all()
+        # the soft label and the colour went through the same matrices
+        assert raw["classes"].shape[1:] == raw["image"].shape[:2]
+    # a target of 0.25 * 0.5 reads from 0.25; 0.25 * 2 = 0.5 reads from 0.5; above every scale: the largest
+    assert dataset.source_scale(0.125) == 0.25 and dataset.source_scale(0.5) == 0.5 and dataset.source_scale(1.7) == 1.0
+    assert full_h == 64 and full_w == 128
+
+
+def test_worker_and_device_densify_agree(store):
+    on_worker = StoreDataset(store, "train", 0.25, Augment(crop=(16, 32)), densify="worker")
+    on_device = StoreDataset(store, "train", 0.25, Augment(crop=(16, 32)), densify="device")
+    keys = [(i, 100 + i) for i in range(4)]
+    a = to_device(collate([on_worker[k] for k in keys]), torch.device("cpu"), 19)
+    b = to_device(collate([on_device[k] for k in keys]), torch.device("cpu"), 19)
+    for name in ("image", "soft", "nn"):
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_batches_do_not_depend_on_worker_count_and_resume_mid_epoch(store):
+    dataset = StoreDataset(store, "train", 0.25, Augment(crop=(16, 32)))
+
+    def batches(workers, start=0, count=5):
+        sampler = TrainSampler(dataset, batch_size=2, seed=7, start_batch=start)
+        loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=collate)
+        out = []
+        for batch in loader:
+            out.append(batch)
+            if len(out) == count:
+                return out
+
+    in_process, two_workers, resumed = batches(0), batches(2), batches(0, start=3, count=2)
+    for a, b in zip(in_process, two_workers):
+        torch.testing.assert_close(a["soft"], b["soft"], rtol=0, atol=0)
+        assert a["index"].tolist() == b["index"].tolist()
+    for a, b in zip(in_process[3:], resumed):
+        torch.testing.assert_close(a["image"], b["image"], rtol=0, atol=0)
+    # 6 images, batch 2: 3 batches per epoch cover every image once
+    assert sorted(i for b in in_process[:3] for i in b["index"].tolist()) == list(range(6))
+
+
+def test_works_with_distributed_sampler(store):
+    dataset = StoreDataset(store, "train", 0.5)
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        for batch in DataLoader(dataset, batch_size=3, sampler=sampler, collate_fn=collate, num_workers=1):
+            assert batch["soft"].shape == (3, 19, 32, 64)
+            seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(6))

@@ -1,0 +1,49 @@
+"""Model registry: every family builds the same way, the heads are the paper's, weights come only
+from a local file."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from softprep import SoftprepError
+from softprep_train.models import MODELS, ASPP, build_model
+
+
+@pytest.mark.parametrize("name", ["hrnetv2_w18_small", "deeplabv3plus_r18"])
+def test_small_models_give_full_size_logits_and_learn(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5)
+    x = torch.randn(2, 3, 64, 96)
+    logits = model(x)
+    assert logits.shape == (2, 5, 64, 96)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_heads_follow_the_paper():
+    hrnet = build_model("hrnetv2_w18_small", 19)
+    assert hrnet.head.fuse[0].in_channels == 18 + 36 + 72 + 144  # all four branches concatenated
+    deeplab = build_model("deeplabv3plus_r18", 19)
+    assert deeplab.head.low[0].out_channels == 48
+    rates = [b[0].dilation[0] for b in deeplab.head.aspp.branches[1:]]
+    assert rates == [6, 12, 18]  # output stride 16
+    assert [b[0].dilation[0] for b in ASPP(8, (12, 24, 36)).branches[1:]] == [12, 24, 36]
+    assert MODELS["deeplabv3plus_r101"].output_stride == 8 and MODELS["hrnetv2_w48"].backbone == "hrnet_w48"
+
+
+def test_pretrained_weights_come_from_a_local_file(tmp_path):
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("deeplabv3plus_r18", 19, pretrained=path)
+    torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    with pytest.raises(SoftprepError, match="pretrained weights file not found"):
+        build_model("deeplabv3plus_r18", 19, pretrained=tmp_path / "missing.pth")
+
+
+def test_unknown_model():
+    with pytest.raises(SoftprepError, match="unknown model 'unet'; choose one of hrnetv2_w48"):
+        build_model("unet", 19)
