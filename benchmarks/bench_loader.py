@@ -1,0 +1,68 @@
+"""Training data path: where to densify sparse soft labels, measured in one run.
+
+For a store (default: demo-store.zarr from `make demo`) at one scale with the paper's
+augmentation, times a batch of samples both ways on this machine:
+
+* worker: read + densify + geometry in the DataLoader worker; the batch carries (C, h, w) float32.
+* device: the worker reads sparse planes only; densify + geometry run where the model runs.
+
+Reported per image: read (zarr decode), finish (densify + geometry), and bytes a batch moves
+from worker to trainer. On a GPU machine the "device" finish runs on the GPU (pass --device cuda).
+
+    python benchmarks/bench_loader.py [STORE] [--scale 0.5] [--crop 256x512] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from softprep_train.data import Augment, StoreDataset, finish_sample
+
+
+def tensor_bytes(item: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in item.values() if torch.is_tensor(v))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("store", nargs="?", default="demo-store.zarr")
+    parser.add_argument("--scale", type=float, default=0.5)
+    parser.add_argument("--crop", default="256x512")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    crop = tuple(int(v) for v in args.crop.split("x"))
+    device = torch.device(args.device)
+    dataset = StoreDataset(args.store, "train", args.scale, Augment(crop), densify="device")
+    keys = [(i % len(dataset), 1000 + i) for i in range(args.images)]
+
+    start = time.perf_counter()
+    raws = [dataset.raw(i, seed) for i, seed in keys]
+    read = (time.perf_counter() - start) / len(keys)
+
+    start = time.perf_counter()
+    finished_cpu = [finish_sample(raw, dataset.num_classes) for raw in raws]
+    finish_cpu = (time.perf_counter() - start) / len(keys)
+
+    start = time.perf_counter()
+    for raw in raws:
+        on_device = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in raw.items()}
+        finish_sample(on_device, dataset.num_classes)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    finish_device = (time.perf_counter() - start) / len(keys)
+
+    sparse = sum(tensor_bytes(r) for r in raws) / len(raws)
+    dense = sum(tensor_bytes(f) for f in finished_cpu) / len(finished_cpu)
+    print(f"store {args.store}, scale {args.scale}, crop {crop[0]}x{crop[1]}, {len(keys)} augmented samples, torch threads {torch.get_num_threads()}")
+    print(f"read (zarr decode, sparse)         {1e3 * read:7.1f} ms/img")
+    print(f"densify + geometry on CPU (worker) {1e3 * finish_cpu:7.1f} ms/img")
+    print(f"densify + geometry on {device.type:<4} (device) {1e3 * finish_device:7.1f} ms/img")
+    print(f"worker -> trainer bytes: dense {dense / 2**20:.2f} MiB/img, sparse {sparse / 2**20:.2f} MiB/img ({dense / sparse:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
