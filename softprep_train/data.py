@@ -27,7 +27,6 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from softprep.kernels import axis_weights, output_size
-from softprep.softlabel import EMPTY
 from softprep.store import open_store
 
 IGNORE = 255
@@ -109,22 +108,18 @@ class StoreDataset(Dataset):
         self.full_sizes = store.spec.splits[split].sizes
         self.ids = store.spec.splits[split].ids
         store.samples(split, scale)  # a clear error now for a missing split or scale
-        self._store, self._pid = None, None
+        self._store, self._pid, self._views = None, None, {}
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _views(self):
-        if self._store is None or self._pid != os.getpid():  # a fresh handle per worker process
-            self._store, self._pid = open_store(self.store_path), os.getpid()
-            self._view_cache = {}
-        return self._store
-
     def view(self, scale: float):
-        store = self._views()
-        if scale not in self._view_cache:
-            self._view_cache[scale] = store.samples(self.split, scale)
-        return self._view_cache[scale]
+        """This process's reader of the split at ``scale`` (each worker opens the store once)."""
+        if self._pid != os.getpid():
+            self._store, self._pid, self._views = open_store(self.store_path), os.getpid(), {}
+        if scale not in self._views:
+            self._views[scale] = self._store.samples(self.split, scale)
+        return self._views[scale]
 
     def source_scale(self, target: float) -> float:
         """The smallest stored scale at or above ``target`` (else the largest): the least resizing."""
@@ -222,4 +217,4 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence(list(values)).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
-__all__ = ["Augment", "StoreDataset", "TrainSampler", "collate", "densify", "finish_sample", "to_device", "EMPTY"]
+__all__ = ["Augment", "StoreDataset", "TrainSampler", "collate", "densify", "finish_sample", "to_device"]
