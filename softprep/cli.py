@@ -56,6 +56,8 @@ def main():
       softprep demo --out demo-data
       softprep build --dataset cityscapes --root demo-data --out demo.zarr --scales 0.125 0.25 0.5
       softprep info demo.zarr
+      softprep priors demo.zarr            # Table V: class-prior discrepancy per kernel and scale
+      softprep verify demo.zarr            # every chunk and recorded statistic
     """
 
 
@@ -122,7 +124,7 @@ def info(store):
     click.echo(summary(store))
 
 
-@main.command()
+@main.command(short_help="Class-prior discrepancy per class, kernel and scale (Table V).")
 @click.argument("store", required=False, type=click.Path(path_type=Path))
 @click.option("--split", default=None, help="Split to report (default: train, else the first).")
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "csv", "json"]),
@@ -199,7 +201,7 @@ def stats(store, split, fmt, jobs):
     click.echo(render(result, fmt), nl=False)
 
 
-@main.command()
+@main.command(short_help="Draw one sample at one scale, like the paper's Figs 3 and 4.")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("image_id")
 @click.option("--scale", required=True, type=float, help="Stored scale to draw, e.g. 0.125.")
