@@ -8,6 +8,8 @@ and soft label go through the very same linear map, ``out = rows @ x @ cols.T`` 
 * ``rows``: ``(crop_h, src_h) float32``, the resize taps of the kept output rows; padding rows are 0.
 * ``cols``: ``(crop_w, src_w) float32``, the same for columns, reversed when flipped.
 
+Workers ship them as tap tables (:func:`axis_taps`); :func:`taps_to_matrix` expands them.
+
 NN labels (the ``ce-nn`` baseline) take the nearest-neighbour index of the same geometry.
 
 Densifying the sparse soft label and applying the geometry happen in :func:`finish_sample`,
@@ -42,23 +44,30 @@ class Augment:
     flip: bool = True
 
 
-def axis_map(kernel: str, antialias: bool, src: int, out: int, start: int, length: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+def axis_taps(kernel: str, antialias: bool, src: int, out: int, start: int, length: int,
+              flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One axis of a geometry: resize ``src -> out``, keep ``[start, start + length)`` (beyond ``out``: padding).
 
-    Returns:
-        ``(length, src) float32`` resize matrix rows (zero rows for padding) and ``(length,) int64``
-        nearest source index (-1 for padding), both reversed when ``flip``.
+    Returns the compact form that travels from worker to trainer: ``index (length, T) int64`` and
+    ``weight (length, T) float32`` taps (padding: weight 0), and ``nearest (length,) int64`` source
+    index (-1 for padding); all reversed when ``flip``.
     """
     taps, nearest = axis_weights(kernel, src, out, antialias), axis_weights("nearest", src, out)
-    matrix = np.zeros((length, src), dtype=np.float32)
-    index = np.full(length, -1, dtype=np.int64)
     keep = np.arange(start, min(start + length, out))
-    rows = np.repeat(np.arange(len(keep)), taps.taps)
-    np.add.at(matrix, (rows, taps.index[keep].ravel()), taps.weight[keep].ravel())
-    index[: len(keep)] = nearest.index[keep, 0]
+    index = np.zeros((length, taps.taps), dtype=np.int64)
+    weight = np.zeros((length, taps.taps), dtype=np.float32)
+    nearest_index = np.full(length, -1, dtype=np.int64)
+    index[: len(keep)], weight[: len(keep)] = taps.index[keep], taps.weight[keep]
+    nearest_index[: len(keep)] = nearest.index[keep, 0]
     if flip:
-        matrix, index = matrix[::-1].copy(), index[::-1].copy()
-    return matrix, index
+        index, weight, nearest_index = index[::-1].copy(), weight[::-1].copy(), nearest_index[::-1].copy()
+    return index, weight, nearest_index
+
+
+def taps_to_matrix(index: torch.Tensor, weight: torch.Tensor, src: int) -> torch.Tensor:
+    """``(length, T)`` taps -> the ``(length, src) float32`` resampling matrix (zero rows: padding)."""
+    matrix = torch.zeros((index.shape[0], src), dtype=torch.float32, device=weight.device)
+    return matrix.scatter_add_(1, index, weight)
 
 
 def densify(classes: torch.Tensor, weights: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -72,14 +81,17 @@ def densify(classes: torch.Tensor, weights: torch.Tensor, num_classes: int) -> t
 def finish_sample(raw: dict, num_classes: int) -> dict:
     """Densify and apply the geometry: ``image (3, h, w) float32`` in [0, 255], ``soft (C, h, w)
     float32`` (sums to the valid fraction; 0 on padding), ``nn (h, w) int64`` (255 = ignore)."""
-    soft = densify(raw["classes"], raw["weights"], num_classes)
+    weights = raw["weights"].float() / raw.get("denominator", 1.0)
+    soft = densify(raw["classes"], weights, num_classes)
     image = raw["image"].permute(2, 0, 1).float()
-    rows, cols = raw["rows"].to(soft.device), raw["cols"].to(soft.device)
+    device, (src_h, src_w) = soft.device, soft.shape[1:]
+    rows = taps_to_matrix(raw["row_index"].to(device), raw["row_weight"].to(device), src_h)
+    cols = taps_to_matrix(raw["col_index"].to(device), raw["col_weight"].to(device), src_w)
     out = {
         "image": torch.einsum("yh,chw,xw->cyx", rows, image, cols),
         "soft": torch.einsum("yh,chw,xw->cyx", rows, soft, cols),
     }
-    nn_rows, nn_cols = raw["nn_rows"].to(soft.device), raw["nn_cols"].to(soft.device)
+    nn_rows, nn_cols = raw["nn_rows"].to(device), raw["nn_cols"].to(device)
     nn = raw["nn"].long()[nn_rows.clamp_min(0)][:, nn_cols.clamp_min(0)]
     nn[(nn_rows < 0)[:, None] | (nn_cols < 0)[None, :]] = IGNORE
     out["nn"] = nn
@@ -151,17 +163,26 @@ class StoreDataset(Dataset):
         sample = self.view(source)[index]
         soft = sample.soft_label()
         src_h, src_w = sample.shape
-        rows, nn_rows = axis_map(self.kernel, self.antialias, src_h, out_h, start[0], crop[0], False)
-        cols, nn_cols = axis_map(self.kernel, self.antialias, src_w, out_w, start[1], crop[1], flip)
+        row_index, row_weight, nn_rows = axis_taps(self.kernel, self.antialias, src_h, out_h, start[0], crop[0], False)
+        col_index, col_weight, nn_cols = axis_taps(self.kernel, self.antialias, src_w, out_w, start[1], crop[1], flip)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(sample.image)),
             "classes": torch.from_numpy(soft.classes),
-            "weights": torch.from_numpy(soft.scaled_weights().astype(np.float32)),
+            "weights": _compact_weights(soft.weights),
+            "denominator": float(soft.denominator or 1),
             "nn": torch.from_numpy(sample.nn()),
-            "rows": torch.from_numpy(rows), "cols": torch.from_numpy(cols),
+            "row_index": torch.from_numpy(row_index), "row_weight": torch.from_numpy(row_weight),
+            "col_index": torch.from_numpy(col_index), "col_weight": torch.from_numpy(col_weight),
             "nn_rows": torch.from_numpy(nn_rows), "nn_cols": torch.from_numpy(nn_cols),
             "index": index,
         }
+
+
+def _compact_weights(weights: np.ndarray) -> torch.Tensor:
+    """Stored weights as they travel to the trainer: integer numerators stay integers (uint8 for
+    D = 4 is 4x smaller than float32); torch's missing uint16/uint32 arithmetic widens those."""
+    widened = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}.get(weights.dtype)
+    return torch.from_numpy(weights.astype(widened) if widened else weights)
 
 
 def collate(items: list[dict]) -> dict | list[dict]:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from softprep import open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
-from softprep_train.data import IGNORE, Augment, StoreDataset, TrainSampler, axis_map, collate, densify, finish_sample, to_device
+from softprep_train.data import IGNORE, Augment, StoreDataset, TrainSampler, axis_taps, collate, densify, finish_sample, taps_to_matrix, to_device
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,9 @@ def test_geometry_equals_torch_interpolate_then_crop_and_flip():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((5, 20, 30)).astype(np.float32))
     out_h, out_w, crop = 13, 41, (8, 16)
-    rows, _ = axis_map("bilinear", False, 20, out_h, 3, crop[0], False)
-    cols, _ = axis_map("bilinear", False, 30, out_w, 20, crop[1], True)
-    ours = torch.einsum("yh,chw,xw->cyx", torch.from_numpy(rows), x, torch.from_numpy(cols))
+    rows = taps_to_matrix(*map(torch.from_numpy, axis_taps("bilinear", False, 20, out_h, 3, crop[0], False)[:2]), 20)
+    cols = taps_to_matrix(*map(torch.from_numpy, axis_taps("bilinear", False, 30, out_w, 20, crop[1], True)[:2]), 30)
+    ours = torch.einsum("yh,chw,xw->cyx", rows, x, cols)
     reference = F.interpolate(x[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
     reference = reference[:, 3:3 + crop[0], 20:20 + crop[1]].flip(-1)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
@@ -60,8 +60,8 @@ def test_augmented_sample_pairs_colour_and_labels_and_pads_with_ignore(store):
         assert item["image"].shape == (3, 24, 40) and item["soft"].shape == (19, 24, 40) and item["nn"].shape == (24, 40)
         sums = item["soft"].sum(0)
         assert float(sums.max()) <= 1 + 1e-5 and float(sums.min()) >= 0
-        padded_rows = (raw["rows"].sum(1) == 0).numpy()
-        padded_cols = (raw["cols"].sum(1) == 0).numpy()
+        padded_rows = (raw["row_weight"].sum(1) == 0).numpy()
+        padded_cols = (raw["col_weight"].sum(1) == 0).numpy()
         padding = padded_rows[:, None] | padded_cols[None, :]
         assert (sums.numpy()[padding] == 0).all() and (item["nn"].numpy()[padding] == IGNORE).all()
         assert (item["image"].numpy()[:, padding] == 0).all()

@@ -133,3 +133,20 @@ def test_ddp_two_cpu_processes_keep_identical_weights(store, tmp_path):
     single = fit(TrainConfig(store=store, out=str(tmp_path / "single"), scale=0.25, model="hrnetv2_w18_small",
                              iters=3, batch_size=2, workers=0), progress=False)
     assert single["weights_sha256"] != rank0["weights_sha256"]  # the ranks really trained on different shards
+
+
+def test_epochs_set_the_iteration_count(store, tmp_path):
+    # 6 train images, batch 4: one batch per epoch (the remainder is dropped)
+    summary = fit(TrainConfig(store=store, out=str(tmp_path / "epochs"), epochs=2, **{**TINY, "batch_size": 4}), progress=False)
+    assert summary["iterations"] == 2
+
+
+def test_full_resolution_labels_from_a_stored_scale_one(demo_root, tmp_path):
+    from softprep_train.evaluate import full_resolution_labels
+
+    out = tmp_path / "full.zarr"
+    build(get_dataset("cityscapes", demo_root), out, [1.0], splits=["val"], jobs=1)
+    labels = full_resolution_labels(open_store(out), "val", root=None)
+    dataset = get_dataset("cityscapes", demo_root)
+    for i, pair in enumerate(dataset.samples("val")):
+        np.testing.assert_array_equal(labels(i), dataset.read_label(pair))
