@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from softprep.datasets import Dataset
+from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
 from softprep.kernels import KERNELS, axis_weights, output_size
 from softprep.parallel import batches, run_tasks
@@ -155,14 +155,13 @@ class Tally:
             self.masses[key].total = [a + b for a, b in zip(self.masses[key].total, mass.total)]
 
 
-def tally_images(dataset: Dataset, split: str, indices: Iterable[int], kernels: Sequence[str],
+def tally_images(dataset: Dataset, samples: Iterable[Sample], kernels: Sequence[str],
                  scales: Sequence[float], antialias: bool) -> Tally:
-    """Full-resolution counts and per-(kernel, scale) soft-label masses of some images of a split."""
-    samples = dataset.samples(split)
+    """Full-resolution counts and per-(kernel, scale) soft-label masses of some image/label pairs."""
     c = dataset.num_classes
     tally = Tally(0, np.zeros(c, dtype=np.int64), {(k, s): ClassMass.zeros(c) for k in kernels for s in scales})
-    for i in indices:
-        label = dataset.read_label(samples[i])
+    for sample in samples:
+        label = dataset.read_label(sample)
         prepared = prepare_label(label, c, dataset.ignore_index)
         tally.counts += np.bincount(prepared.codes.ravel(), minlength=c + 1)[:c]
         tally.images += 1
@@ -203,8 +202,8 @@ def compare_kernels(
     if not samples:
         raise SoftprepError(f"{dataset.root}: split {split!r} has no image/label pairs; check --root and --split")
     kernels = list(dict.fromkeys(kernels))
-    tasks = [(dataset, split, list(b), kernels, scales, antialias) for b in batches(len(samples), batch_size)]
-    total = tally_images(dataset, split, [], kernels, scales, antialias)
+    tasks = [(dataset, [samples[i] for i in b], kernels, scales, antialias) for b in batches(len(samples), batch_size)]
+    total = tally_images(dataset, [], kernels, scales, antialias)
     for part in run_tasks(tally_images, tasks, jobs):
         total.merge(part)
         if progress:
