@@ -97,6 +97,23 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     os.replace(temp, path)
 
 
+#: Settings a resumed run may change: they do not alter what is computed.
+FREE_ON_RESUME = {"resume", "stop_at", "workers", "log_every", "checkpoint_every", "device", "densify"}
+
+
+def _check_same_run(config: TrainConfig, saved: dict, path: Path) -> None:
+    """Refuse to resume with settings that would change the run (schedule, data, model, loss)."""
+    mine = asdict(config)
+    differing = [k for k in mine if k not in FREE_ON_RESUME and _plain(mine[k]) != _plain(saved.get(k))]
+    if differing:
+        detail = ", ".join(f"{k}: checkpoint has {saved.get(k)!r}, asked {mine[k]!r}" for k in differing)
+        raise SoftprepError(f"{path}: cannot resume with other settings ({detail}); use the same options or a new --out")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def fit(config: TrainConfig, progress: bool = True) -> dict:
     """Train; returns the summary that is also written to ``out/summary.json``."""
     # --- distributed set-up (torchrun sets these variables) ---
@@ -137,6 +154,7 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
         if not last.is_file():
             raise SoftprepError(f"{last}: no checkpoint to resume from; drop --resume to start a new run")
         state = torch.load(last, map_location=device, weights_only=False)
+        _check_same_run(config, state["config"], last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -150,3 +150,11 @@ def test_full_resolution_labels_from_a_stored_scale_one(demo_root, tmp_path):
     dataset = get_dataset("cityscapes", demo_root)
     for i, pair in enumerate(dataset.samples("val")):
         np.testing.assert_array_equal(labels(i), dataset.read_label(pair))
+
+
+def test_resume_with_other_settings_is_refused(store, tmp_path):
+    from softprep import SoftprepError
+
+    fit(TrainConfig(store=store, out=str(tmp_path / "r"), iters=4, stop_at=1, **TINY), progress=False)
+    with pytest.raises(SoftprepError, match=r"cannot resume with other settings \(lr: checkpoint has 0.05, asked 0.1\)"):
+        fit(TrainConfig(store=store, out=str(tmp_path / "r"), iters=4, resume=True, **{**TINY, "lr": 0.1}), progress=False)
