@@ -31,18 +31,24 @@ def expand_multi_value_options(args: list[str]) -> list[str]:
     return out
 
 
-class _Group(click.Group):
-    """Accept multi-value options; turn :class:`SoftprepError` into one line and exit status 1."""
+class OneLineErrors(click.Group):
+    """A click group that turns :class:`SoftprepError` into one line on stderr and exit status 1."""
 
-    def parse_args(self, ctx, args):
-        return super().parse_args(ctx, expand_multi_value_options(list(args)))
+    prog = "softprep"
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except SoftprepError as error:
-            click.echo(f"softprep: error: {error}", err=True)
+            click.echo(f"{self.prog}: error: {error}", err=True)
             sys.exit(1)
+
+
+class _Group(OneLineErrors):
+    """Also accept multi-value options (``--scales 0.125 0.25``)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_multi_value_options(list(args)))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

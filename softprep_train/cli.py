@@ -6,23 +6,16 @@ Distributed: ``torchrun --nproc-per-node N -m softprep_train.cli fit ...``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
+from softprep.cli import OneLineErrors
 from softprep.errors import SoftprepError
 
 
-class _Group(click.Group):
-    """Turn :class:`SoftprepError` into one line on stderr and exit status 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except SoftprepError as error:
-            click.echo(f"softprep-train: error: {error}", err=True)
-            sys.exit(1)
+class _Group(OneLineErrors):
+    prog = "softprep-train"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
