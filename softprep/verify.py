@@ -90,12 +90,12 @@ def check_images(store_path: str, split: str, indices: range, root: str | Path |
     store = open_store(store_path)
     done = store.done(split)
     dataset = get_dataset(store.attrs["dataset"], root) if root is not None else None
+    views = [store.samples(split, scale) for scale in store.scales]
     problems = []
     for i in (i for i in indices if done[i]):  # images not built are reported once per split
         label = _check_counts(store, dataset, split, i, problems) if dataset is not None else None
-        for scale in store.scales:
-            view = store.samples(split, scale)
-            where = f"{split}/{scale_name(scale)}: image {view.ids[i]} (#{i})"
+        for view in views:
+            where = f"{split}/{scale_name(view.scale)}: image {view.ids[i]} (#{i})"
             soft, found = _read_sample(store_path, view, i)
             problems += [f"{where}: {p}" for p in found]
             if label is not None and soft is not None:
