@@ -1,8 +1,9 @@
 """``softprep build``: plan the shards, compute them in parallel, resume what an interruption left.
 
-No pixel code lives here: :func:`process_sample` calls :mod:`softprep.resample`; writes go
-through :mod:`softprep.store`. A job owns one shard (``shard_size`` consecutive images of a
-split) for every scale, so no two processes ever write the same shard file.
+No pixel code lives here: :func:`process_sample` calls :mod:`softprep.resample` with the plans
+of :mod:`softprep.plan`; writes go through :mod:`softprep.store`. A job owns one shard (up to
+``shard_size`` images of one size bucket) at every target, so no two processes ever write the
+same shard file; the parent alone writes the per-image records and ``done`` marks.
 """
 
 from __future__ import annotations
@@ -16,56 +17,52 @@ import zarr
 
 from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
+from softprep.kernels import DEFAULT_KERNEL, KERNELS
 from softprep.parallel import run_tasks
-from softprep.kernels import KERNELS, axis_weights, output_size
+from softprep.plan import ResamplingPlan, Target, parse_targets
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
 from softprep.store import (
-    SampleResult, ScaleResult, SplitSpec, StoreSpec, create_store, delete_store, open_store,
-    remove_partial_files, write_shard,
+    DEFAULT_SHARD_SIZE, SampleRecords, SampleResult, SplitSpec, StoreSpec, Task, TargetResult, create_store, delete_store, open_store,
+    remove_partial_files, write_records, write_shard,
 )
 
-DEFAULT_SHARD_SIZE = 8
 
 
-def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, spec: StoreSpec) -> SampleResult:
-    """Colour image, soft label and NN label of one decoded pair at every scale of ``spec``.
+def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans: dict[str, ResamplingPlan]) -> SampleResult:
+    """Colour image, soft label and NN label of one decoded pair at every planned target.
 
     Args:
         image: ``(H, W, 3) uint8``.
         label: ``(H, W) uint8`` train ids.
+        plans: target name -> the image's :class:`ResamplingPlan` (``StoreSpec.plan``).
     """
-    h, w = label.shape
     prepared = prepare_label(label, dataset.num_classes, dataset.ignore_index)
-    counts = np.bincount(prepared.codes.ravel(), minlength=dataset.num_classes + 1)[: dataset.num_classes]
-    scales = {}
-    for scale in spec.scales:
-        out_h, out_w = output_size(h, scale), output_size(w, scale)
-        wy = axis_weights(spec.kernel, h, out_h, spec.antialias)
-        wx = axis_weights(spec.kernel, w, out_w, spec.antialias)
-        nearest_y, nearest_x = axis_weights("nearest", h, out_h), axis_weights("nearest", w, out_w)
-        scales[scale] = ScaleResult(
-            image=resize_image(image, wy, wx),
-            soft=soft_label(prepared, wy, wx),
-            nn=nearest_labels(label, nearest_y, nearest_x),
+    results = {
+        target: TargetResult(
+            image=resize_image(image, plan.rows, plan.cols),
+            soft=soft_label(prepared, plan.rows, plan.cols),
+            nn=nearest_labels(label, plan.nearest_rows, plan.nearest_cols),
         )
-    return SampleResult(counts.astype(np.int64), scales)
+        for target, plan in plans.items()
+    }
+    return SampleResult(prepared.class_counts(), results)
 
 
-def plan(dataset: Dataset, splits: Iterable[str] | None, scales: Iterable[float], kernel: str,
-         antialias: bool, shard_size: int = DEFAULT_SHARD_SIZE) -> StoreSpec:
+def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable[Target | str | float], kernel: str,
+               antialias: bool, shard_size: int = DEFAULT_SHARD_SIZE) -> StoreSpec:
     """List every pair and its size (from file headers) into a :class:`StoreSpec`."""
     if kernel not in KERNELS:
         raise SoftprepError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    scales = sorted({float(s) for s in scales})
-    if not scales or min(scales) <= 0:
-        raise SoftprepError(f"scales must be > 0, got {scales}")
+    targets = parse_targets(targets)
+    if not targets:
+        raise SoftprepError("no target resolution: pass --scales (e.g. 0.125 0.25 0.5), --short-side or --fit")
     if shard_size < 1:
         raise SoftprepError(f"shard size must be >= 1, got {shard_size}")
     splits = list(splits) if splits else dataset.splits()
     if not splits:
         raise SoftprepError(f"{dataset.root}: no {dataset.name} splits found; is --root the dataset folder?")
     spec = StoreSpec(dataset.name, list(dataset.classes), [list(c) for c in dataset.palette],
-                     dataset.ignore_index, kernel, antialias, scales, shard_size)
+                     dataset.ignore_index, kernel, antialias, [t.name for t in targets], shard_size)
     for split in splits:
         samples = dataset.samples(split)
         if not samples:
@@ -76,22 +73,25 @@ def plan(dataset: Dataset, splits: Iterable[str] | None, scales: Iterable[float]
             labels=[str(s.label.relative_to(dataset.root)) for s in samples],
             sizes=[list(dataset.size(s)) for s in samples],
         )
+    for split in spec.splits:  # every plan once now: an impossible size fails before any work
+        for i in range(len(spec.splits[split].ids)):
+            for target in spec.targets:
+                spec.plan(split, i, target)
     return spec
 
 
-def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, split: str, start: int) -> int:
-    """Compute and write one shard; returns the number of images written."""
-    split_spec = spec.splits[split]
-    stop = min(start + spec.shard_size, len(split_spec.ids))
+def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task) -> tuple[str, list[SampleRecords]]:
+    """Compute and write one shard's pixels; returns its split and the records of its images."""
+    split_spec = spec.splits[task.split]
     results = []
-    for i in range(start, stop):
+    for i in task.indices:
         sample = stored_sample(dataset, split_spec, i)
         image, label = dataset.read_pair(sample)
-        if [*label.shape] != split_spec.sizes[i]:
+        if [*label.shape] != list(split_spec.sizes[i]):
             raise SoftprepError(f"{sample.label}: size changed since the build was planned; restart with --overwrite")
-        results.append(process_sample(dataset, image, label, spec))
-    write_shard(store_path, split, start, results)
-    return stop - start
+        results.append(process_sample(dataset, image, label, {t: spec.plan(task.split, i, t) for t in spec.targets}))
+    write_shard(store_path, spec, task, results)
+    return task.split, [SampleRecords.of(i, r) for i, r in zip(task.indices, results)]
 
 
 def stored_sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:
@@ -102,8 +102,8 @@ def stored_sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:
 def build(
     dataset: Dataset,
     out: str | Path,
-    scales: Iterable[float],
-    kernel: str = "bilinear",
+    targets: Iterable[Target | str | float],
+    kernel: str = DEFAULT_KERNEL,
     antialias: bool = False,
     splits: Iterable[str] | None = None,
     jobs: int | None = None,
@@ -114,6 +114,7 @@ def build(
     """Build (or resume) a store at ``out``.
 
     Args:
+        targets: resolutions: factors (``0.125``) and/or names (``"short512"``, ``"fit512x1024"``).
         jobs: worker processes (``None``: all cores; 1: in-process).
         overwrite: delete an existing store at ``out`` first.
         progress: called as ``progress(images_done_now, images_total)`` after each shard.
@@ -126,7 +127,7 @@ def build(
             with other settings at ``out`` (unless ``overwrite``).
     """
     out = Path(out)
-    spec = plan(dataset, splits, scales, kernel, antialias, shard_size)
+    spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size)
     if overwrite:
         delete_store(out)
     if out.exists():
@@ -137,23 +138,24 @@ def build(
 
     store = open_store(out)
     todo, skipped = [], 0
-    for split, split_spec in spec.splits.items():
+    for split in spec.splits:
         done = store.done(split)
-        for start in range(0, len(split_spec.ids), shard_size):
-            if done[start:start + shard_size].all():
-                skipped += len(done[start:start + shard_size])
+        for task in spec.tasks(split):
+            if done[list(task.indices)].all():
+                skipped += len(task.indices)
             else:
-                todo.append((split, start))
+                todo.append(task)
     total = sum(len(s.ids) for s in spec.splits.values())
     if progress:
         progress(skipped, total)
 
     built = 0
-    tasks = [(str(out), dataset, spec, split, start) for split, start in todo]
-    for count in run_tasks(build_shard, tasks, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
-        built += count
+    calls = [(str(out), dataset, spec, task) for task in todo]
+    for split, records in run_tasks(build_shard, calls, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
+        write_records(out, split, records)
+        built += len(records)
         if progress:
-            progress(count, total)
+            progress(len(records), total)
     root = zarr.open_group(str(out), mode="r+")
     root.attrs["softprep"] = spec.root_attrs(complete=True)
     return {"built": built, "skipped": skipped, "total": total}

@@ -10,19 +10,32 @@ from tqdm import tqdm
 
 from softprep import __version__
 from softprep.errors import SoftprepError
+from softprep.kernels import DEFAULT_KERNEL, KERNELS
+from softprep.store import DEFAULT_SHARD_SIZE
 
 
 #: Options that take several values after one flag (``--scales 0.125 0.25 0.5``).
-MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels")
+MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels", "--short-side", "--fit")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def expand_multi_value_options(args: list[str]) -> list[str]:
-    """Rewrite ``--scales a b c`` as ``--scales a --scales b --scales c`` for click."""
+    """Rewrite ``--scales a b c`` as ``--scales a --scales b --scales c`` for click.
+
+    A negative number after such an option is a value (to be refused with a real message), not a flag.
+    """
     out, option = [], None
     for arg in args:
         if arg in MULTI_VALUE_OPTIONS:
             option = arg
-        elif option and not arg.startswith("-"):
+        elif option and (not arg.startswith("-") or _is_number(arg)):
             out += [option, arg]
             continue
         else:
@@ -62,7 +75,7 @@ def main():
       softprep demo --out demo-data
       softprep build --dataset cityscapes --root demo-data --out demo.zarr --scales 0.125 0.25 0.5
       softprep info demo.zarr
-      softprep priors demo.zarr            # Table V: class-prior discrepancy per kernel and scale
+      softprep priors demo.zarr            # Table V: class-prior discrepancy per kernel and target
       softprep verify demo.zarr            # every chunk and recorded statistic
     """
 
@@ -85,20 +98,50 @@ def demo(out, train, val, size, seed):
     click.echo(f"wrote {train} train + {val} val images of {h}x{w} to {out}")
 
 
+def target_options(function):
+    """``--scales``, ``--short-side`` and ``--fit``: the resolution targets, parsed the same way everywhere."""
+    function = click.option("--fit", multiple=True, metavar="HxW",
+                            help="Fit inside this box keeping the ratio, e.g. --fit 512x1024 (upsamples smaller images).")(function)
+    function = click.option("--short-side", multiple=True, metavar="PX",
+                            help="Resize so the short side is PX pixels, e.g. --short-side 512 (upsamples smaller images).")(function)
+    return click.option("--scales", multiple=True, metavar="FACTOR",
+                        help="Scale factors, e.g. --scales 0.125 0.25 0.5 (output size floor(side * factor)).")(function)
+
+
+def parse_target_options(scales, short_side, fit) -> list:
+    """The targets of :func:`target_options` (one-line errors for bad values)."""
+    from softprep.plan import parse_targets
+
+    words = _split_args(scales, str) + [f"short{v}" for v in _split_args(short_side, str)]
+    words += [f"fit{v}" for v in _split_args(fit, str)]
+    return parse_targets(words)
+
+
+def _dataset_choice():
+    from softprep.datasets import DATASETS
+
+    return click.Choice(sorted(DATASETS))
+
+
+def _kernel_choice():
+    return click.Choice(KERNELS)
+
+
 @main.command()
-@click.option("--dataset", default="cityscapes", show_default=True, help="Dataset adapter (layout and label table).")
+@click.option("--dataset", default="cityscapes", show_default=True, type=_dataset_choice(),
+              help="Dataset adapter: the folder layout and label table (folder: your own, see README).")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to write (a .zarr folder).")
-@click.option("--scales", required=True, multiple=True, type=float, help="Scale factors, e.g. --scales 0.125 0.25 0.5.")
-@click.option("--kernel", default="bilinear", show_default=True, type=click.Choice(["nearest", "bilinear", "bicubic", "area"]),
+@target_options
+@click.option("--kernel", default=DEFAULT_KERNEL, show_default=True, type=_kernel_choice(),
               help="Resampling kernel, shared by colour and labels.")
 @click.option("--antialias/--no-antialias", default=False, show_default=True, help="Widen bilinear/bicubic filters when downscaling (torch antialias=True).")
-@click.option("--splits", multiple=True, help="Splits to build (default: all found).")
+@click.option("--splits", multiple=True, help="Splits to build (default: the labelled ones found, e.g. train and val).")
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
-@click.option("--shard-size", default=8, show_default=True, help="Images per shard file (the resume unit).")
+@click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, help="Most images per shard file (the resume unit); large images get fewer.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing store at --out and start again.")
-def build(dataset, root, out, scales, kernel, antialias, splits, jobs, shard_size, overwrite):
-    """Build a store: every image of every split at every scale, resumably.
+def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits, jobs, shard_size, overwrite):
+    """Build a store: every image of every split at every target resolution, resumably.
 
     Rerunning an interrupted build finishes it; a store made with other settings is refused
     unless --overwrite.
@@ -106,10 +149,13 @@ def build(dataset, root, out, scales, kernel, antialias, splits, jobs, shard_siz
     from softprep.build import build as run_build
     from softprep.datasets import get_dataset
 
+    targets = parse_target_options(scales, short_side, fit)
+    if not targets:
+        raise SoftprepError("pass at least one target: --scales 0.125 0.25 0.5, --short-side 512 or --fit 512x1024")
     adapter = get_dataset(dataset, root)
     bar, progress = _progress_bar("build")
     try:
-        result = run_build(adapter, out, _split_args(scales), kernel, antialias, list(_split_args(splits, str)) or None,
+        result = run_build(adapter, out, targets, kernel, antialias, list(_split_args(splits, str)) or None,
                            jobs, overwrite, shard_size, progress)
     finally:
         bar.close()
@@ -117,20 +163,20 @@ def build(dataset, root, out, scales, kernel, antialias, splits, jobs, shard_siz
 
 
 def _split_args(values, kind=float):
-    """Accept both ``--scales 0.125 --scales 0.25`` and ``--scales "0.125 0.25"``."""
+    """Accept both ``--scales 0.125 --scales 0.25`` and ``--scales "0.125 0.25"`` (or ``0.125,0.25``)."""
     return [kind(v) for value in values for v in str(value).replace(",", " ").split()]
 
 
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
 def info(store):
-    """Summarise a store: settings, splits, scales, progress and size on disk."""
+    """Summarise a store: settings, splits, targets, progress and size on disk."""
     from softprep.info import summary
 
     click.echo(summary(store))
 
 
-@main.command(short_help="Class-prior discrepancy per class, kernel and scale (Table V).")
+@main.command(short_help="Class-prior discrepancy per class, kernel and target (Table V).")
 @click.argument("store", required=False, type=click.Path(path_type=Path))
 @click.option("--split", default=None, help="Split to report (default: train, else the first).")
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "csv", "json"]),
@@ -139,11 +185,11 @@ def info(store):
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG bar chart of D (needs matplotlib).")
 @click.option("--compare-kernels", multiple=True, help="Compute the table from --root for these kernels instead of a store, e.g. nearest bilinear area.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root (with --compare-kernels).")
-@click.option("--dataset", default="cityscapes", show_default=True, help="Dataset adapter (with --compare-kernels).")
-@click.option("--scales", multiple=True, help="Scales (with --compare-kernels), e.g. --scales 0.125 0.25 0.5.")
+@click.option("--dataset", default="cityscapes", show_default=True, type=_dataset_choice(), help="Dataset adapter (with --compare-kernels).")
+@target_options
 @click.option("--antialias/--no-antialias", default=False, show_default=True, help="Antialiased bilinear/bicubic (with --compare-kernels).")
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes for --compare-kernels (default: all cores).")
-def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset, scales, antialias, jobs):
+def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset, scales, short_side, fit, antialias, jobs):
     """Class-prior discrepancy D = p_original - p_d per class (paper eq. 5, Table V).
 
     \b
@@ -157,14 +203,15 @@ def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset
     from softprep import priors as prior_api
 
     if compare_kernels:
-        if store is not None or root is None or not scales:
+        targets = parse_target_options(scales, short_side, fit)
+        if store is not None or root is None or not targets:
             raise SoftprepError("--compare-kernels reads a dataset, not a store: pass --root DATA and --scales, and no STORE")
         from softprep.datasets import get_dataset
 
         adapter = get_dataset(dataset, root)
         bar, progress = _progress_bar("priors")
         with bar:
-            table = prior_api.compare_kernels(adapter, _split_args(compare_kernels, str), _split_args(scales), split,
+            table = prior_api.compare_kernels(adapter, _split_args(compare_kernels, str), targets, split,
                                               antialias, jobs, progress=progress)
     else:
         if store is None:
@@ -196,7 +243,7 @@ def _progress_bar(desc: str):
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
 def stats(store, split, fmt, jobs):
-    """Per scale: multi-class pixel share, classes per pixel, entropy, NN/argmax disagreement,
+    """Per target: multi-class pixel share, classes per pixel, entropy, NN/argmax disagreement,
     and per class the images where a class vanishes under NN (or soft) downsampling."""
     from softprep.stats import render, split_stats
     from softprep.store import open_store
@@ -207,22 +254,22 @@ def stats(store, split, fmt, jobs):
     click.echo(render(result, fmt), nl=False)
 
 
-@main.command(short_help="Draw one sample at one scale, like the paper's Figs 3 and 4.")
+@main.command(short_help="Draw one sample at one target, like the paper's Figs 3 and 4.")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.argument("image_id")
-@click.option("--scale", required=True, type=float, help="Stored scale to draw, e.g. 0.125.")
+@click.option("--scale", "--target", "target", required=True, help="Stored target to draw, e.g. 0.125 or short512.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
 @click.option("--split", default=None, help="Split holding IMAGE_ID (default: found by id).")
 @click.option("--classes", "class_names", default=None,
               help="Comma-separated classes to draw weight maps of, e.g. 'pole,traffic sign' (default: the 2 most mixed).")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root, to add the full-resolution labels.")
-def show(store, image_id, scale, out, split, class_names, root):
-    """Draw one sample at one scale (paper Fig. 3/4): colour, labels, NN labels, soft label, class weights."""
+def show(store, image_id, target, out, split, class_names, root):
+    """Draw one sample at one target (paper Fig. 3/4): colour, labels, NN labels, soft label, class weights."""
     from softprep.show import show as draw
     from softprep.store import open_store
 
     classes = [c.strip() for c in class_names.split(",")] if class_names else None
-    path = draw(open_store(store), image_id, scale, out, split=split, classes=classes, root=root)
+    path = draw(open_store(store), image_id, target, out, split=split, classes=classes, root=root)
     click.echo(f"wrote {path}")
 
 
@@ -233,7 +280,7 @@ def show(store, image_id, scale, out, split, class_names, root):
 def verify(store, root, jobs):
     """Read every chunk (crc32c) and re-derive every recorded statistic.
 
-    Prints one line per problem (split, scale, image, array) and exits 1; exits 0 when all hold.
+    Prints one line per problem (split, target, image, array) and exits 1; exits 0 when all hold.
     """
     from softprep.verify import verify as check
 

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softprep.store import open_store, scale_name
+import numpy as np
+
+from softprep.store import open_store
 
 
 def disk_bytes(path: Path) -> int:
     """Bytes of all files under ``path``."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _size_range(sizes: np.ndarray) -> str:
+    """``"64x128"`` when every image has one size, else ``"45x62 .. 64x85"`` (HxW, fewest to most pixels)."""
+    pixels = sizes[:, 0] * sizes[:, 1]
+    small, large = sizes[np.argmin(pixels)], sizes[np.argmax(pixels)]
+    if (sizes == sizes[0]).all():
+        return f"{sizes[0][0]}x{sizes[0][1]}"
+    return f"{small[0]}x{small[1]} .. {large[0]}x{large[1]}"
 
 
 def summary(path: str | Path) -> str:
@@ -20,21 +31,27 @@ def summary(path: str | Path) -> str:
         f"store      {store.path}  ({'complete' if store.complete else 'UNFINISHED: rerun the same `softprep build` to resume'})",
         f"dataset    {a['dataset']}, {len(a['classes'])} classes, ignore {a['ignore_index']}",
         f"kernel     {a['kernel']}{' (antialias)' if a['antialias'] else ''}",
-        f"scales     {', '.join(str(s) for s in a['scales'])}",
+        f"targets    {', '.join(store.targets)}",
     ]
     for split in store.splits:
         done = store.done(split)
-        lines.append(f"split      {split}: {done.sum()}/{len(done)} images done")
-        for scale in store.scales:
-            view = store.samples(split, scale)
-            group_path = store.path / split / scale_name(scale)
-            soft = sum(disk_bytes(group_path / name) for name in ("classes", "weights", "planes"))
-            image = disk_bytes(group_path / "image")
-            nn = disk_bytes(group_path / "nn")
-            pixels = sum(h * w for h, w in view.sizes)
-            weights = f"exact /{view.denominator}" if view.denominator else "float32"
+        buckets = len(store.spec.splits[split].members)
+        lines.append(f"split      {split}: {done.sum()}/{len(done)} images done, {buckets} size bucket(s)")
+        for target in store.targets:
+            view = store.samples(split, target)
+            group_path = store.path / split / target
+            buckets = [group_path / b for b in store.spec.splits[split].members]
+            soft = sum(disk_bytes(b / name) for b in buckets for name in ("classes", "weights"))
+            image = sum(disk_bytes(b / "image") for b in buckets)
+            nn = sum(disk_bytes(b / "nn") for b in buckets)
+            pixels = int((view.sizes[:, 0].astype(np.int64) * view.sizes[:, 1]).sum())
+            exact = int((view.denominators > 0).sum())
+            denominators = np.unique(view.denominators)
+            weights = "exact" if exact == len(view) else ("float32" if exact == 0 else f"exact for {exact}/{len(view)}")
+            if exact == len(view) and len(denominators) == 1:
+                weights += f" /{denominators[0]}"
             lines.append(
-                f"  {scale:<8g} {view.sizes[0][0]}x{view.sizes[0][1]}  soft label {soft / 2**20:7.2f} MiB "
+                f"  {target:<10} {_size_range(view.sizes)}  soft label {soft / 2**20:7.2f} MiB "
                 f"({soft / max(pixels, 1):.3f} B/px, weights {weights})  image {image / 2**20:7.2f} MiB  "
                 f"nn {nn / 2**20:6.2f} MiB"
             )

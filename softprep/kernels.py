@@ -29,6 +29,8 @@ from functools import lru_cache
 import numpy as np
 
 KERNELS = ("nearest", "bilinear", "bicubic", "area")
+#: The kernel ``softprep build`` uses unless told otherwise.
+DEFAULT_KERNEL = "bilinear"
 #: Largest per-axis common denominator for which weights are kept as exact integers: a 2-D
 #: numerator then fits in uint32, and sums of them stay exact in float64.
 MAX_AXIS_DENOMINATOR = 65535
@@ -71,14 +73,7 @@ class AxisWeights:
         return matrix
 
 
-def output_size(in_size: int, scale: float) -> int:
-    """Output length for ``scale``, as torch computes it for ``scale_factor``: ``floor(in * scale)``."""
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    return max(1, math.floor(in_size * scale))
-
-
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)
 def axis_weights(kernel: str, in_size: int, out_size: int, antialias: bool = False) -> AxisWeights:
     """Tap table resampling an axis of ``in_size`` pixels to ``out_size`` pixels.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from softprep.errors import SoftprepError
-from softprep.priors import PriorTable, scale_label
+from softprep.priors import PriorTable, target_label
 
 #: The symlog axis is linear in [-LINEAR_BELOW, LINEAR_BELOW]: 0.01 in the table's x1e4 units.
 LINEAR_BELOW = 1e-6
@@ -27,18 +27,18 @@ def _pyplot():
 def plot_priors(table: PriorTable, path: str | Path, dpi: int = 120) -> Path:
     """Write a PNG: per class, one bar of ``D_d,c`` per strategy, on a symmetric log axis.
 
-    One panel per scale; exact all-zero rows say "exactly 0" in the legend, so a kernel that
+    One panel per target; exact all-zero rows say "exactly 0" in the legend, so a kernel that
     keeps priors exactly is visible at a glance.
     """
     plt = _pyplot()
-    scales = sorted({row.scale for row in table.rows})
+    targets = list(dict.fromkeys(row.target for row in table.rows))
     strategies = list(dict.fromkeys(row.strategy for row in table.rows))
-    fig, axes = plt.subplots(len(scales), 1, figsize=(12, 2.4 * len(scales) + 1.2), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(targets), 1, figsize=(12, 2.4 * len(targets) + 1.2), sharex=True, squeeze=False)
     x = np.arange(len(table.classes))
     width = 0.8 / len(strategies)
-    for ax, scale in zip(axes[:, 0], scales):
+    for ax, target in zip(axes[:, 0], targets):
         for i, strategy in enumerate(strategies):
-            row = next((r for r in table.rows if r.scale == scale and r.strategy == strategy), None)
+            row = next((r for r in table.rows if r.target == target and r.strategy == strategy), None)
             if row is None:
                 continue
             zero = row.exact and all(d == 0 for d in row.discrepancy)
@@ -47,7 +47,7 @@ def plot_priors(table: PriorTable, path: str | Path, dpi: int = 120) -> Path:
             ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=label, color=f"C{i}")
         ax.set_yscale("symlog", linthresh=LINEAR_BELOW)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_ylabel(f"D at {scale_label(scale)}")
+        ax.set_ylabel(f"D at {target_label(target)}")
         ax.legend(fontsize="small", loc="upper right")
     axes[-1, 0].set_xticks(x, table.classes, rotation=45, ha="right")
     fig.suptitle(f"Class-prior discrepancy D = p_original - p_d (symlog, linear below {LINEAR_BELOW:g}), split {table.split}")

@@ -1,12 +1,13 @@
 """Class-prior discrepancy of a downsampling strategy (the paper's eq. 5 and Table V).
 
 ``p_original,c`` is the share of valid full-resolution pixels of class ``c`` over a split;
-``p_d,c`` the share of soft-label mass of class ``c`` at scale ``d`` (for ``nearest``: the share
-of pixels); ``D_d,c = p_original,c - p_d,c``.
+``p_d,c`` the share of soft-label mass of class ``c`` at resolution target ``d`` (for ``nearest``:
+the share of pixels); ``D_d,c = p_original,c - p_d,c``.
 
-From a store, everything comes from recorded per-image numbers (``counts``, ``mass``,
-``nn_counts``): O(images x classes), no pixel pass. When a strategy's weights are exact integer
-numerators, ``D`` is computed with :class:`fractions.Fraction` and a zero is exactly zero.
+From a store, everything comes from recorded per-image numbers (``counts``, ``mass_numerator``
+over each image's own ``denominator``, ``nn_counts``): O(images x classes), no pixel pass. When
+every image's weights are exact integer numerators (mixed sizes included), ``D`` is computed with
+:class:`fractions.Fraction` and a zero is exactly zero.
 :func:`compare_kernels` computes the same table straight from a dataset root, for any kernels.
 """
 
@@ -23,8 +24,9 @@ import numpy as np
 
 from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
-from softprep.kernels import KERNELS, axis_weights, output_size
+from softprep.kernels import KERNELS
 from softprep.parallel import batches, run_tasks
+from softprep.plan import Target, parse_target, parse_targets, resampling_plan
 from softprep.resample import prepare_label, soft_label
 from softprep.store import Store
 
@@ -54,11 +56,16 @@ class ClassMass:
 
     def add(self, mass: np.ndarray, denominator: int | None) -> None:
         """Add one or more images' ``(C,)`` or ``(N, C)`` mass (numerators over ``denominator``)."""
-        column_sums = np.asarray(mass).reshape(-1, len(self.total)).sum(axis=0)
+        column_sums = np.asarray(mass).reshape(-1, len(self.total)).astype(object).sum(axis=0)  # Python ints: no overflow
         if denominator is None:
             self.total = [float(t) + float(m) for t, m in zip(self.total, column_sums)]
         else:
             self.total = [t + Fraction(int(m), int(denominator)) for t, m in zip(self.total, column_sums)]
+
+    def add_images(self, numerators: np.ndarray, denominators: np.ndarray) -> None:
+        """Add ``(N, C) int`` per-image numerators over their own ``(N,)`` denominators (mixed sizes)."""
+        for denominator in np.unique(denominators):
+            self.add(numerators[denominators == denominator], int(denominator))
 
     def shares(self) -> list[Number]:
         """``p_c``: each class's share of the total mass (0 everywhere for an empty total)."""
@@ -71,7 +78,7 @@ class PriorRow:
     """One (strategy, scale) row: ``discrepancy[c] = p_original,c - p_d,c``."""
 
     strategy: str
-    scale: float
+    target: str
     exact: bool
     prior: list[Number]
     discrepancy: list[Number]
@@ -100,13 +107,13 @@ class PriorTable:
         return ClassMass([Fraction(c) for c in self.counts]).shares()
 
 
-def prior_row(strategy: str, scale: float, counts: Sequence[int], mass: ClassMass) -> PriorRow:
-    """The row of eq. 5 for one strategy and scale, given full-resolution ``counts (C,)``."""
+def prior_row(strategy: str, target: str, counts: Sequence[int], mass: ClassMass) -> PriorRow:
+    """The row of eq. 5 for one strategy and target, given full-resolution ``counts (C,)``."""
     original = ClassMass([Fraction(int(c)) for c in counts]).shares()
     prior = mass.shares()
     exact = mass.exact
     discrepancy = [o - p if exact else float(o) - float(p) for o, p in zip(original, prior)]
-    return PriorRow(strategy, float(scale), exact, prior, discrepancy)
+    return PriorRow(strategy, parse_target(target).name, exact, prior, discrepancy)
 
 
 def strategy_name(kernel: str, antialias: bool) -> str:
@@ -115,7 +122,7 @@ def strategy_name(kernel: str, antialias: bool) -> str:
 
 
 def store_priors(store: Store, split: str | None = None) -> PriorTable:
-    """Table V of a built store's split from recorded masses: per scale, the NN row and the store's kernel row."""
+    """Table V of a built store's split from recorded masses: per target, the NN row and the store's kernel row."""
     split = split or _default_split(store.splits)
     if split not in store.splits:
         raise SoftprepError(f"{store.path}: no split {split!r}; the store has {', '.join(store.splits)}")
@@ -124,15 +131,18 @@ def store_priors(store: Store, split: str | None = None) -> PriorTable:
     counts = store.counts(split).sum(axis=0)
     kernel = strategy_name(store.attrs["kernel"], store.attrs["antialias"])
     rows = []
-    for scale in store.scales:
-        view = store.samples(split, scale)
+    for target in store.targets:
+        view = store.samples(split, target)
         nn = ClassMass.zeros(len(counts))
         nn.add(view.nn_counts(), 1)
-        rows.append(prior_row("nearest", scale, counts, nn))
+        rows.append(prior_row("nearest", target, counts, nn))
         if kernel != "nearest":
             soft = ClassMass.zeros(len(counts))
-            soft.add(view.mass(), view.denominator)
-            rows.append(prior_row(kernel, scale, counts, soft))
+            if view.exact:
+                soft.add_images(view.mass_numerator(), view.denominators)
+            else:
+                soft.add(view.mass(), None)
+            rows.append(prior_row(kernel, target, counts, soft))
     return PriorTable(split, store.classes, [int(c) for c in counts], rows)
 
 
@@ -146,7 +156,7 @@ class Tally:
 
     images: int
     counts: np.ndarray  # (C,) int64 full-resolution valid pixels per class
-    masses: dict  # {(kernel, scale): ClassMass}
+    masses: dict  # {(kernel, target name): ClassMass}
 
     def merge(self, other: "Tally") -> None:
         self.images += other.images
@@ -156,30 +166,27 @@ class Tally:
 
 
 def tally_images(dataset: Dataset, samples: Iterable[Sample], kernels: Sequence[str],
-                 scales: Sequence[float], antialias: bool) -> Tally:
-    """Full-resolution counts and per-(kernel, scale) soft-label masses of some image/label pairs."""
+                 targets: Sequence[Target], antialias: bool) -> Tally:
+    """Full-resolution counts and per-(kernel, target) soft-label masses of some image/label pairs."""
     c = dataset.num_classes
-    tally = Tally(0, np.zeros(c, dtype=np.int64), {(k, s): ClassMass.zeros(c) for k in kernels for s in scales})
+    tally = Tally(0, np.zeros(c, dtype=np.int64), {(k, t.name): ClassMass.zeros(c) for k in kernels for t in targets})
     for sample in samples:
         label = dataset.read_label(sample)
         prepared = prepare_label(label, c, dataset.ignore_index)
-        tally.counts += np.bincount(prepared.codes.ravel(), minlength=c + 1)[:c]
+        tally.counts += prepared.class_counts()
         tally.images += 1
-        h, w = label.shape
-        for scale in scales:
-            out_h, out_w = output_size(h, scale), output_size(w, scale)
+        for target in targets:
             for kernel in kernels:
-                wy = axis_weights(kernel, h, out_h, antialias)
-                wx = axis_weights(kernel, w, out_w, antialias)
-                soft = soft_label(prepared, wy, wx)
-                tally.masses[kernel, scale].add(soft.class_mass(), soft.denominator)
+                plan = resampling_plan(kernel, antialias, label.shape, target)
+                soft = soft_label(prepared, plan.rows, plan.cols)
+                tally.masses[kernel, target.name].add(soft.class_mass(), soft.denominator)
     return tally
 
 
 def compare_kernels(
     dataset: Dataset,
     kernels: Sequence[str],
-    scales: Sequence[float],
+    targets: Sequence[Target | str | float],
     split: str | None = None,
     antialias: bool = False,
     jobs: int | None = None,
@@ -194,28 +201,31 @@ def compare_kernels(
     unknown = [k for k in kernels if k not in KERNELS]
     if unknown or not kernels:
         raise SoftprepError(f"--compare-kernels: unknown kernel(s) {unknown}; choose from {', '.join(KERNELS)}")
-    scales = sorted({float(s) for s in scales})
-    if not scales or min(scales) <= 0:
-        raise SoftprepError(f"scales must be > 0, got {scales}")
+    targets = parse_targets(targets)
+    if not targets:
+        raise SoftprepError("--compare-kernels: pass --scales (or --short-side / --fit)")
     split = split or _default_split(dataset.splits() or ["train"])
     samples = dataset.samples(split)
     if not samples:
         raise SoftprepError(f"{dataset.root}: split {split!r} has no image/label pairs; check --root and --split")
     kernels = list(dict.fromkeys(kernels))
-    tasks = [(dataset, [samples[i] for i in b], kernels, scales, antialias) for b in batches(len(samples), batch_size)]
-    total = tally_images(dataset, [], kernels, scales, antialias)
+    tasks = [(dataset, [samples[i] for i in b], kernels, targets, antialias) for b in batches(len(samples), batch_size)]
+    total = tally_images(dataset, [], kernels, targets, antialias)
     for part in run_tasks(tally_images, tasks, jobs):
         total.merge(part)
         if progress:
             progress(part.images, len(samples))
-    rows = [prior_row(strategy_name(k, antialias), s, total.counts, total.masses[k, s]) for s in scales for k in kernels]
+    rows = [prior_row(strategy_name(k, antialias), t.name, total.counts, total.masses[k, t.name]) for t in targets for k in kernels]
     return PriorTable(split, list(dataset.classes), [int(v) for v in total.counts], rows)
 
 
-def scale_label(scale: float) -> str:
-    """``0.125 -> "1/8"``, ``0.3 -> "0.3"``: the paper's resolution column."""
-    fraction = Fraction(scale)
-    return f"{fraction.numerator}/{fraction.denominator}" if fraction.denominator <= 64 and fraction != 1 else f"{scale:g}"
+def target_label(target: str) -> str:
+    """``"0.125" -> "1/8"``, ``"0.3" -> "0.3"``, ``"short512"`` unchanged: the paper's resolution column."""
+    factor = parse_target(target).factor
+    if factor is None:
+        return target
+    fraction = Fraction(factor)
+    return f"{fraction.numerator}/{fraction.denominator}" if fraction.denominator <= 64 and fraction != 1 else f"{factor:g}"
 
 
 def format_value(value: Number, exact: bool, scale_factor: float) -> str:
@@ -227,10 +237,10 @@ def format_value(value: Number, exact: bool, scale_factor: float) -> str:
 
 def table_cells(table: PriorTable, scale_factor: float = DEFAULT_SCALE_FACTOR) -> tuple[list[str], list[list[str]]]:
     """Header and body cells of the paper's layout: strategy, resolution, exactness, sum/max |D|, classes."""
-    header = ["strategy", "scale", "exact", "sum|D|", "max|D|", *table.classes]
+    header = ["strategy", "target", "exact", "sum|D|", "max|D|", *table.classes]
     body = []
     for row in table.rows:
-        cells = [row.strategy, scale_label(row.scale), "exact" if row.exact else "float",
+        cells = [row.strategy, target_label(row.target), "exact" if row.exact else "float",
                  format_value(row.sum_abs, row.exact, scale_factor), format_value(row.max_abs, row.exact, scale_factor)]
         body.append(cells + [format_value(d, row.exact, scale_factor) for d in row.discrepancy])
     return header, body
@@ -264,7 +274,7 @@ def to_json(table: PriorTable) -> dict:
     """Machine-readable table, unscaled, full precision.
 
     Keys: ``split``; ``classes`` (C names); ``counts`` (C full-resolution valid pixels);
-    ``original_prior`` (C floats, ``p_original,c``); ``rows``: list of ``{strategy, scale, exact,
+    ``original_prior`` (C floats, ``p_original,c``); ``rows``: list of ``{strategy, target, exact,
     prior (C floats p_d,c), discrepancy (C floats D_d,c), discrepancy_fraction (C strings "n/d"
     when exact, else null), sum_abs, max_abs}``.
     """
@@ -276,7 +286,7 @@ def to_json(table: PriorTable) -> dict:
         "rows": [
             {
                 "strategy": row.strategy,
-                "scale": row.scale,
+                "target": row.target,
                 "exact": row.exact,
                 "prior": [float(p) for p in row.prior],
                 "discrepancy": [float(d) for d in row.discrepancy],

@@ -69,6 +69,10 @@ class PreparedLabel:
     row_changes: np.ndarray
     num_classes: int
 
+    def class_counts(self) -> np.ndarray:
+        """``(C,) int64`` labelled full-resolution pixels per class (ignore is not counted)."""
+        return np.bincount(self.codes.ravel(), minlength=self.num_classes + 1)[: self.num_classes].astype(np.int64)
+
 
 def prepare_label(label: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> PreparedLabel:
     """Validate ``label`` (``(H, W) uint8`` train ids, ``ignore_index`` for unlabelled) and

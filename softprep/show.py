@@ -1,7 +1,7 @@
-"""``softprep show``: one sample at one scale, as the paper's Fig. 3/4 draw it.
+"""``softprep show``: one sample at one target, as the paper's Fig. 3/4 draw it.
 
 Panels, each enlarged (nearest, so the low-resolution pixels stay visible) to the full-resolution
-size capped at ``MAX_WIDTH``: the colour image at the scale, the full-resolution labels (when the
+size capped at ``MAX_WIDTH``: the colour image at the target, the full-resolution labels (when the
 dataset root is given), the NN labels, the soft label drawn as a palette colour mix
 (``sum_c w_c * palette_c``; ignore mass is black), and one weight map per chosen class (the
 class colour scaled by its weight). Plain PIL, no matplotlib.
@@ -60,11 +60,11 @@ def display_size(full_size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(h * MAX_WIDTH / w)), MAX_WIDTH
 
 
-def render_sample(store: Store, image_id: str, scale: float, split: str | None = None,
+def render_sample(store: Store, image_id: str, target, split: str | None = None,
                   classes: list[str] | None = None, root: str | Path | None = None) -> Image.Image:
     """The Fig. 3/4-style picture of one stored sample, as an RGB PIL image."""
     split = split or _split_of(store, image_id)
-    view = store.samples(split, scale)
+    view = store.samples(split, target)
     if image_id not in view.ids:
         raise SoftprepError(f"{store.path}: no image {image_id!r} in split {split!r} (ids look like {view.ids[0]!r})")
     sample = view[image_id]
@@ -114,9 +114,9 @@ def _grid(panels: list[tuple[str, np.ndarray]], size: tuple[int, int]) -> Image.
     return canvas
 
 
-def show(store: Store, image_id: str, scale: float, out: str | Path, **options) -> Path:
+def show(store: Store, image_id: str, target, out: str | Path, **options) -> Path:
     """Write :func:`render_sample`'s picture as a PNG at ``out``; returns the path."""
     out = Path(out)
-    render_sample(store, image_id, scale, **options).save(out, format="PNG")
+    render_sample(store, image_id, target, **options).save(out, format="PNG")
     return out
 

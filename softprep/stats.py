@@ -1,6 +1,6 @@
-"""``softprep stats``: what the soft labels hold that a hard label loses, per scale.
+"""``softprep stats``: what the soft labels hold that a hard label loses, per target.
 
-Per scale of a split: the share of multi-class (MC) pixels (as the paper's Table III uses
+Per resolution target of a split: the share of multi-class (MC) pixels (as the paper's Table III uses
 them), classes per pixel, the entropy of the soft labels, how often the NN label disagrees with
 the soft label's argmax, and per class how many images lose the class entirely under NN (a class
 present at full resolution, absent after downsampling: thin poles, distant signs).
@@ -25,7 +25,7 @@ from softprep.store import Store, open_store
 
 @dataclass
 class PixelTally:
-    """Sums over the pixels of some images at one scale.
+    """Sums over the pixels of some images at one target.
 
     ``valid`` counts pixels with any class weight; ``multi`` those with two or more classes;
     ``class_slots`` the classes per valid pixel summed; ``entropy`` the soft-label entropy (nats,
@@ -49,9 +49,9 @@ class PixelTally:
         self.max_classes = max(self.max_classes, other.max_classes)
 
 
-def tally_pixels(store_path: str, split: str, scale: float, indices: range) -> PixelTally:
-    """Pixel statistics of images ``indices`` of a split at one scale (opens the store itself)."""
-    view = open_store(store_path).samples(split, scale)
+def tally_pixels(store_path: str, split: str, target: str, indices: range) -> PixelTally:
+    """Pixel statistics of images ``indices`` of a split at one target (opens the store itself)."""
+    view = open_store(store_path).samples(split, target)
     tally = PixelTally()
     for i in indices:
         sample = view[i]
@@ -75,10 +75,10 @@ def tally_pixels(store_path: str, split: str, scale: float, indices: range) -> P
 
 @dataclass
 class ScaleStats:
-    """Statistics of one split at one scale; ``vanished_nn[c]`` / ``vanished_soft[c]``: images
+    """Statistics of one split at one target; ``vanished_nn[c]`` / ``vanished_soft[c]``: images
     where class ``c`` is present at full resolution but gets no pixel under NN / no soft-label mass."""
 
-    scale: float
+    target: str
     pixels: PixelTally
     vanished_nn: list[int]
     vanished_soft: list[int]
@@ -86,7 +86,7 @@ class ScaleStats:
     def summary(self) -> dict:
         t = self.pixels
         return {
-            "scale": self.scale,
+            "target": self.target,
             "images": t.images,
             "pixels": t.pixels,
             "valid_pixels": t.valid,
@@ -105,7 +105,7 @@ class SplitStats:
     split: str
     classes: list[str]
     present: list[int]  # images containing each class at full resolution
-    scales: list[ScaleStats] = field(default_factory=list)
+    targets: list[ScaleStats] = field(default_factory=list)
 
 
 def vanished(counts: np.ndarray, downsampled: np.ndarray) -> list[int]:
@@ -115,7 +115,7 @@ def vanished(counts: np.ndarray, downsampled: np.ndarray) -> list[int]:
 
 def split_stats(store: Store, split: str | None = None, jobs: int | None = None, batch_size: int = 8,
                 progress: Callable[[int, int], None] | None = None) -> SplitStats:
-    """Statistics of every scale of a split; ``progress(images_done_now, images_total)`` per batch."""
+    """Statistics of every target of a split; ``progress(images_done_now, images_total)`` per batch."""
     split = split or ("train" if "train" in store.splits else store.splits[0])
     if split not in store.splits:
         raise SoftprepError(f"{store.path}: no split {split!r}; the store has {', '.join(store.splits)}")
@@ -124,42 +124,42 @@ def split_stats(store: Store, split: str | None = None, jobs: int | None = None,
     counts = store.counts(split)
     stats = SplitStats(split, store.classes, [int(v) for v in (counts > 0).sum(axis=0)])
     n = len(counts)
-    for scale in store.scales:
-        view = store.samples(split, scale)
-        tasks = [(str(store.path), split, scale, r) for r in batches(n, batch_size)]
+    for target in store.targets:
+        view = store.samples(split, target)
+        tasks = [(str(store.path), split, target, r) for r in batches(n, batch_size)]
         pixels = PixelTally()
         for part in run_tasks(tally_pixels, tasks, jobs):
             pixels.merge(part)
             if progress:
-                progress(part.images, n * len(store.scales))
-        stats.scales.append(ScaleStats(scale, pixels, vanished(counts, view.nn_counts()), vanished(counts, view.mass())))
+                progress(part.images, n * len(store.targets))
+        stats.targets.append(ScaleStats(target, pixels, vanished(counts, view.nn_counts()), vanished(counts, view.mass())))
     return stats
 
 
 def to_json(stats: SplitStats) -> dict:
     """Keys: ``split``, ``classes``, ``present`` (images per class at full resolution) and
-    ``scales``: list of :meth:`ScaleStats.summary` dicts (shares in [0, 1], entropy in nats)."""
+    ``targets``: list of :meth:`ScaleStats.summary` dicts (shares in [0, 1], entropy in nats)."""
     return {"split": stats.split, "classes": stats.classes, "present": stats.present,
-            "scales": [s.summary() for s in stats.scales]}
+            "targets": [s.summary() for s in stats.targets]}
 
 
 def render(stats: SplitStats, fmt: str = "text") -> str:
-    """``text`` (two aligned tables: per scale, then vanished classes per class) or ``json``."""
+    """``text`` (two aligned tables: per target, then vanished classes per class) or ``json``."""
     if fmt == "json":
         return json.dumps(to_json(stats), indent=2)
-    rows = [["scale", "images", "MC pixels", "classes/px mean", "max", "entropy (nats)", "NN != argmax"]]
-    for s in stats.scales:
+    rows = [["target", "images", "MC pixels", "classes/px mean", "max", "entropy (nats)", "NN != argmax"]]
+    for s in stats.targets:
         d = s.summary()
-        rows.append([f"{s.scale:g}", str(d["images"]), f"{100 * d['multi_class_share']:.2f}%",
+        rows.append([s.target, str(d["images"]), f"{100 * d['multi_class_share']:.2f}%",
                      f"{d['mean_classes_per_pixel']:.3f}", str(d["max_classes_per_pixel"]),
                      f"{d['mean_entropy_nats']:.4f}", f"{100 * d['nn_disagreement_share']:.2f}%"])
-    out = [f"split {stats.split}: per scale (shares of valid pixels)", _align(rows), "",
+    out = [f"split {stats.split}: per target (shares of valid pixels)", _align(rows), "",
            "images where a class present at full resolution vanishes (NN: no pixel; soft: no mass)"]
-    header = ["class", "present"] + [f"{kind} {s.scale:g}" for s in stats.scales for kind in ("NN", "soft")]
+    header = ["class", "present"] + [f"{kind} {s.target}" for s in stats.targets for kind in ("NN", "soft")]
     table = [header]
     for c, name in enumerate(stats.classes):
         table.append([name, str(stats.present[c])]
-                     + [str(v) for s in stats.scales for v in (s.vanished_nn[c], s.vanished_soft[c])])
+                     + [str(v) for s in stats.targets for v in (s.vanished_nn[c], s.vanished_soft[c])])
     out.append(_align(table))
     return "\n".join(out) + "\n"
 

@@ -1,26 +1,34 @@
-"""The Zarr v3 store: layout, creation, shard writes and the one reader everything uses.
+"""The Zarr v3 store (format 2): layout, creation, shard writes and the one reader everything uses.
 
 Layout (``docs/store-format.md`` is the full specification)::
 
-    STORE.zarr/                      attrs["softprep"]: format, dataset, classes, palette, kernel, ...
-      {split}/                       attrs: ids, images, labels, sizes
-        counts   (N, C) int64        full-resolution pixels per class
-        done     (N,)   uint8        1 once the shard holding the image is completely written
-        {scale}/                     attrs: scale, sizes, denominator, weights_dtype
-          image    (N, H', W', 3) uint8
-          classes  (N, K, H', W') uint8         soft-label slot classes, 255 = empty
-          weights  (N, K, H', W') uint8|uint16|uint32|float32
-          planes   (N,) uint8                   slots used by each image (<= K)
-          nn       (N, H', W') uint8            nearest-neighbour train ids (255 = ignore)
-          mass     (N, C) int64|float64         soft-label weight per class (numerators when exact)
-          nn_counts (N, C) int64                NN pixels per class
+    STORE.zarr/                       attrs["softprep"]: format, dataset, classes, palette, kernel, targets, ...
+      {split}/                        attrs: ids, images, labels, sizes (full resolution), buckets
+        counts   (N, C) int64         full-resolution pixels per class
+        done     (N,)   uint8         1 once the image and its records are completely written
+        {target}/                     attrs: target
+          sizes          (N, 2) int32     output [h, w] of each image
+          denominator    (N,)   int64     exact weight denominator of each image (0: float weights)
+          planes         (N,)   uint8     soft-label slots used by each image
+          mass           (N, C) float64   soft-label weight per class
+          mass_numerator (N, C) int64     the same, exact numerators over ``denominator`` (0 where float)
+          nn_counts      (N, C) int64     NN pixels per class
+          {bucket}/                   images whose full-resolution size falls in one size bucket
+            image    (Nb, Hb, Wb, 3) uint8
+            classes  (Nb, K, Hb, Wb) uint8       slot classes, 255 = empty
+            weights  (Nb, K, Hb, Wb) uint8|uint16|uint32 numerators, or float32 weights
+            nn       (Nb, Hb, Wb) uint8          nearest-neighbour train ids (255 = ignore)
 
-Arrays of ``N`` images are sharded ``S`` images to a shard. Exactly one writer owns a shard
-(zarr-python loses data when two write inner chunks of one shard), and ``done`` is written last.
+Images are grouped into *size buckets* by their full-resolution size (each side rounded up to a
+grid of four steps per octave): a bucket's arrays are as large as its largest member, so reading
+image ``n`` decodes at most ~1.4x its own pixels, whatever the split's largest image. Buckets are
+sharded ``S_b`` images to a shard file; one process writes one shard. Per-image records are
+written by the build's parent process only, ``done`` last.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -31,17 +39,39 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from softprep.errors import SoftprepError
-from softprep.kernels import axis_weights, output_size
+from softprep.plan import ResamplingPlan, parse_target, resampling_plan
 from softprep.softlabel import EMPTY, SoftLabel, weight_dtype
 
 FORMAT = "softprep-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ZSTD_LEVEL = 3
+#: Most images per shard file (the resume unit).
+DEFAULT_SHARD_SIZE = 8
+#: Size-bucket grid: steps per octave of each side (2**(1/4): at most ~1.19x padding a side).
+BUCKET_STEPS_PER_OCTAVE = 4
+#: Output pixels (all targets summed) one shard may hold: bounds a worker's memory, since a worker
+#: keeps one shard's results until it writes them (24 MP images get one image per shard).
+SHARD_PIXEL_BUDGET = 6_000_000
+#: Images per chunk of the per-image record arrays.
+RECORD_CHUNK = 1024
 
 
-def scale_name(scale: float) -> str:
-    """Group name of a scale: ``0.125 -> "0.125"``, ``1.0 -> "1.0"``."""
-    return repr(float(scale))
+def target_name(target) -> str:
+    """Group name of a target: ``0.125 -> "0.125"``, ``"short512" -> "short512"``."""
+    return parse_target(target).name
+
+
+def _grid(side: int) -> int:
+    """Smallest value ``ceil(2**(k / steps))`` that is >= ``side``."""
+    k = math.ceil(BUCKET_STEPS_PER_OCTAVE * math.log2(max(side, 1)))
+    while math.ceil(2 ** (k / BUCKET_STEPS_PER_OCTAVE)) < side:
+        k += 1
+    return math.ceil(2 ** (k / BUCKET_STEPS_PER_OCTAVE))
+
+
+def bucket_of(height: int, width: int) -> str:
+    """Size bucket of a full-resolution ``(H, W)``: ``"{H_max}x{W_max}"`` of the grid cell it falls in."""
+    return f"{_grid(height)}x{_grid(width)}"
 
 
 @dataclass
@@ -52,6 +82,51 @@ class SplitSpec:
     images: list[str]
     labels: list[str]
     sizes: list[list[int]]
+
+    @cached_property
+    def buckets(self) -> list[str]:
+        """Size bucket of each image."""
+        return [bucket_of(h, w) for h, w in self.sizes]
+
+    @cached_property
+    def members(self) -> dict[str, list[int]]:
+        """Image indices of each bucket, in split order (position in the bucket = position in this list)."""
+        out: dict[str, list[int]] = {}
+        for i, bucket in enumerate(self.buckets):
+            out.setdefault(bucket, []).append(i)
+        return out
+
+    @cached_property
+    def positions(self) -> list[int]:
+        """Position of each image within its bucket."""
+        out = [0] * len(self.ids)
+        for indices in self.members.values():
+            for position, i in enumerate(indices):
+                out[i] = position
+        return out
+
+    def attrs(self) -> dict:
+        return {**asdict(self), "buckets": self.buckets}
+
+
+@dataclass(frozen=True)
+class BucketLayout:
+    """Arrays of one bucket at one target: ``shape (Hb, Wb)``, ``planes`` K, weight dtype, exactness."""
+
+    shape: tuple[int, int]
+    planes: int
+    exact: bool
+    weights_dtype: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One shard of work: images ``indices`` (split order) at bucket positions ``start ..``."""
+
+    split: str
+    bucket: str
+    start: int
+    indices: tuple[int, ...]
 
 
 @dataclass
@@ -64,7 +139,7 @@ class StoreSpec:
     ignore_index: int
     kernel: str
     antialias: bool
-    scales: list[float]
+    targets: list[str]
     shard_size: int
     splits: dict[str, SplitSpec] = field(default_factory=dict)
 
@@ -76,64 +151,87 @@ class StoreSpec:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self.dataset,
             "classes": self.classes, "palette": self.palette, "ignore_index": self.ignore_index,
-            "kernel": self.kernel, "antialias": self.antialias, "scales": self.scales,
+            "kernel": self.kernel, "antialias": self.antialias, "targets": self.targets,
             "splits": list(self.splits), "shard_size": self.shard_size, "complete": complete,
         }
 
-    def scale_layout(self, split: str, scale: float) -> dict:
-        """Per-image output sizes, the common weight denominator (or None) and slot count K."""
-        sizes, denominators, planes = [], set(), 1
-        for h, w in self.splits[split].sizes:
-            out = (output_size(h, scale), output_size(w, scale))
-            wy = axis_weights(self.kernel, h, out[0], self.antialias)
-            wx = axis_weights(self.kernel, w, out[1], self.antialias)
-            exact = wy.denominator is not None and wx.denominator is not None
-            denominators.add(wy.denominator * wx.denominator if exact else None)
-            planes = max(planes, min(self.num_classes, wy.taps * wx.taps))
-            sizes.append(list(out))
-        # One denominator per array: images of mixed sizes with different ones fall back to float.
-        denominator = denominators.pop() if len(denominators) == 1 else None
-        return {"sizes": sizes, "denominator": denominator, "planes": planes}
+    def plan(self, split: str, index: int, target) -> ResamplingPlan:
+        """The resampling plan of image ``index`` of ``split`` at ``target``."""
+        return resampling_plan(self.kernel, self.antialias, tuple(self.splits[split].sizes[index]), target)
+
+    def bucket_layout(self, split: str, bucket: str, target) -> BucketLayout:
+        """Shape, slot count and weight encoding of a bucket's arrays at ``target``."""
+        plans = [self.plan(split, i, target) for i in self.splits[split].members[bucket]]
+        shape = (max(p.size[0] for p in plans), max(p.size[1] for p in plans))
+        denominators = [p.denominator for p in plans]
+        exact = None not in denominators
+        dtype = weight_dtype(max(denominators) if exact else None)
+        return BucketLayout(shape, max(p.max_classes(self.num_classes) for p in plans), exact, dtype.name)
+
+    def shard_images(self, split: str, bucket: str) -> int:
+        """Images per shard of a bucket: ``shard_size``, fewer where their outputs exceed the pixel budget."""
+        first = self.splits[split].members[bucket][0]
+        h, w = self.splits[split].sizes[first]
+        cell = (_grid(h), _grid(w))
+        pixels = sum(math.prod(parse_target(t).output_size(*cell)) for t in self.targets)
+        return max(1, min(self.shard_size, SHARD_PIXEL_BUDGET // max(pixels, 1)))
+
+    def tasks(self, split: str) -> list[Task]:
+        """The shards of a split, bucket by bucket."""
+        out = []
+        for bucket, indices in self.splits[split].members.items():
+            step = self.shard_images(split, bucket)
+            out += [Task(split, bucket, start, tuple(indices[start:start + step])) for start in range(0, len(indices), step)]
+        return out
 
 
 def _codecs() -> dict:
     return {"compressors": [ZstdCodec(level=ZSTD_LEVEL), Crc32cCodec()]}
 
 
+def _record_array(group, name: str, shape: tuple, dtype: str, fill=0):
+    return group.create_array(name, shape=shape, chunks=(min(shape[0], RECORD_CHUNK), *shape[1:]) if shape[0] else shape,
+                              dtype=dtype, fill_value=fill, **_codecs())
+
+
 def create_store(path: str | Path, spec: StoreSpec) -> None:
-    """Create an empty store for ``spec`` (all arrays, ``complete = False``)."""
+    """Create an empty store for ``spec``: every array, the planned sizes and denominators, ``complete = False``."""
     root = zarr.open_group(str(path), mode="w-", attributes={"softprep": spec.root_attrs(complete=False)})
-    c, s = spec.num_classes, spec.shard_size
+    c = spec.num_classes
     for split, split_spec in spec.splits.items():
         n = len(split_spec.ids)
-        group = root.create_group(split, attributes=asdict(split_spec))
-        group.create_array("counts", shape=(n, c), chunks=(s, c), dtype="int64", fill_value=0, **_codecs())
-        group.create_array("done", shape=(n,), chunks=(s,), dtype="uint8", fill_value=0, **_codecs())
-        for scale in spec.scales:
-            layout = spec.scale_layout(split, scale)
-            h = max(size[0] for size in layout["sizes"])
-            w = max(size[1] for size in layout["sizes"])
-            k, denominator = layout["planes"], layout["denominator"]
-            dtype = weight_dtype(denominator)
-            sg = group.create_group(scale_name(scale), attributes={
-                "scale": scale, "sizes": layout["sizes"], "denominator": denominator, "weights_dtype": dtype.name,
-            })
-            sg.create_array("image", shape=(n, h, w, 3), chunks=(1, h, w, 3), shards=(s, h, w, 3),
-                            dtype="uint8", fill_value=0, **_codecs())
-            for name, dt, fill in (("classes", "uint8", EMPTY), ("weights", dtype.name, 0)):
-                sg.create_array(name, shape=(n, k, h, w), chunks=(1, 1, h, w), shards=(s, k, h, w),
-                                dtype=dt, fill_value=fill, **_codecs())
-            sg.create_array("planes", shape=(n,), chunks=(s,), dtype="uint8", fill_value=0, **_codecs())
-            sg.create_array("nn", shape=(n, h, w), chunks=(1, h, w), shards=(s, h, w),
-                            dtype="uint8", fill_value=EMPTY, **_codecs())
-            sg.create_array("mass", shape=(n, c), chunks=(s, c), fill_value=0,
-                            dtype="int64" if denominator is not None else "float64", **_codecs())
-            sg.create_array("nn_counts", shape=(n, c), chunks=(s, c), dtype="int64", fill_value=0, **_codecs())
+        group = root.create_group(split, attributes=split_spec.attrs())
+        _record_array(group, "counts", (n, c), "int64")
+        _record_array(group, "done", (n,), "uint8")
+        for target in spec.targets:
+            tg = group.create_group(target, attributes={"target": target})
+            plans = [spec.plan(split, i, target) for i in range(n)]
+            _record_array(tg, "sizes", (n, 2), "int32")[:] = np.array([p.size for p in plans], dtype=np.int32).reshape(n, 2)
+            _record_array(tg, "denominator", (n,), "int64")[:] = [p.denominator or 0 for p in plans]
+            _record_array(tg, "planes", (n,), "uint8")
+            _record_array(tg, "mass", (n, c), "float64")
+            _record_array(tg, "mass_numerator", (n, c), "int64")
+            _record_array(tg, "nn_counts", (n, c), "int64")
+            for bucket, members in split_spec.members.items():
+                _create_bucket(tg.create_group(bucket), len(members), spec.shard_images(split, bucket),
+                               spec.bucket_layout(split, bucket, target))
+
+
+def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
+    (h, w), k = layout.shape, layout.planes
+    group.attrs["exact"] = layout.exact
+    group.create_array("image", shape=(n, h, w, 3), chunks=(1, h, w, 3), shards=(shard, h, w, 3),
+                       dtype="uint8", fill_value=0, **_codecs())
+    for name, dtype, fill in (("classes", "uint8", EMPTY), ("weights", layout.weights_dtype, 0)):
+        group.create_array(name, shape=(n, k, h, w), chunks=(1, 1, h, w), shards=(shard, k, h, w),
+                           dtype=dtype, fill_value=fill, **_codecs())
+    group.create_array("nn", shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
+                       dtype="uint8", fill_value=EMPTY, **_codecs())
 
 
 @dataclass
-class ScaleResult:
-    """One image at one scale: ``image (H', W', 3) uint8``, its soft label, ``nn (H', W') uint8``."""
+class TargetResult:
+    """One image at one target: ``image (h, w, 3) uint8``, its soft label, ``nn (h, w) uint8``."""
 
     image: np.ndarray
     soft: SoftLabel
@@ -142,42 +240,77 @@ class ScaleResult:
 
 @dataclass
 class SampleResult:
-    """One image at every scale, plus its full-resolution ``counts (C,) int64``."""
+    """One image at every target, plus its full-resolution ``counts (C,) int64``."""
 
     counts: np.ndarray
-    scales: dict[float, ScaleResult]
+    targets: dict[str, TargetResult]
 
 
-def write_shard(path: str | Path, split: str, start: int, results: list[SampleResult]) -> None:
-    """Write images ``start .. start + len(results)`` (one whole shard) of ``split``, ``done`` last."""
+@dataclass
+class SampleRecords:
+    """What the parent records for one image once its shard is written (small: no pixels)."""
+
+    index: int
+    counts: np.ndarray  # (C,) int64
+    planes: dict[str, int]
+    mass: dict[str, np.ndarray]  # (C,) float64
+    mass_numerator: dict[str, np.ndarray]  # (C,) int64, zeros when the weights are floats
+    nn_counts: dict[str, np.ndarray]  # (C,) int64
+
+    @classmethod
+    def of(cls, index: int, result: SampleResult) -> "SampleRecords":
+        planes, mass, numerator, nn_counts = {}, {}, {}, {}
+        c = len(result.counts)
+        for target, r in result.targets.items():
+            planes[target] = r.soft.planes
+            exact_mass = r.soft.class_mass()
+            numerator[target] = exact_mass if r.soft.exact else np.zeros(c, dtype=np.int64)
+            mass[target] = exact_mass / r.soft.denominator if r.soft.exact else exact_mass
+            nn_counts[target] = np.bincount(r.nn.ravel(), minlength=256)[:c].astype(np.int64)
+        return cls(index, result.counts, planes, mass, numerator, nn_counts)
+
+
+def write_shard(path: str | Path, spec: StoreSpec, task: Task, results: list[SampleResult]) -> None:
+    """Write the pixels of one shard (images ``task.indices``, every target) into the bucket arrays."""
     root = zarr.open_group(str(path), mode="r+")
-    group = root[split]
-    stop = start + len(results)
-    c = group["counts"].shape[1]
-    for scale in root.attrs["softprep"]["scales"]:
-        sg = group[scale_name(scale)]
-        per_image = [r.scales[scale] for r in results]
-        _, k, h, w = sg["classes"].shape
+    start, stop = task.start, task.start + len(results)
+    for target in spec.targets:
+        bucket = root[task.split][target][task.bucket]
+        per_image = [r.targets[target] for r in results]
+        _, k, h, w = bucket["classes"].shape
+        dtype = bucket["weights"].dtype
         used = max(s.soft.planes for s in per_image)
         image = np.zeros((len(results), h, w, 3), np.uint8)
         classes = np.full((len(results), used, h, w), EMPTY, np.uint8)
-        weights = np.zeros((len(results), used, h, w), sg["weights"].dtype)
+        weights = np.zeros((len(results), used, h, w), dtype)
         nn = np.full((len(results), h, w), EMPTY, np.uint8)
         for i, s in enumerate(per_image):
             hh, ww = s.nn.shape
             image[i, :hh, :ww] = s.image
             classes[i, : s.soft.planes, :hh, :ww] = s.soft.classes
-            weights[i, : s.soft.planes, :hh, :ww] = s.soft.weights
+            weights[i, : s.soft.planes, :hh, :ww] = s.soft.weights if dtype.kind == "u" else s.soft.scaled_weights()
             nn[i, :hh, :ww] = s.nn
-        sg["image"][start:stop] = image
-        sg["classes"][start:stop, :used] = classes
-        sg["weights"][start:stop, :used] = weights
-        sg["nn"][start:stop] = nn
-        sg["planes"][start:stop] = [s.soft.planes for s in per_image]
-        sg["mass"][start:stop] = np.stack([s.soft.class_mass() for s in per_image])
-        sg["nn_counts"][start:stop] = np.stack([np.bincount(s.nn.ravel(), minlength=256)[:c] for s in per_image])
-    group["counts"][start:stop] = np.stack([r.counts for r in results])
-    group["done"][start:stop] = 1
+        bucket["image"][start:stop] = image
+        bucket["classes"][start:stop, :used] = classes
+        bucket["weights"][start:stop, :used] = weights
+        bucket["nn"][start:stop] = nn
+
+
+def write_records(path: str | Path, split: str, records: list[SampleRecords]) -> None:
+    """Record the per-image statistics of finished images, then mark them done (parent process only)."""
+    root = zarr.open_group(str(path), mode="r+")
+    group = root[split]
+    index = np.array([r.index for r in records])
+    order = np.argsort(index)
+    index, records = index[order], [records[i] for i in order]
+    group["counts"].oindex[index] = np.stack([r.counts for r in records])
+    for target in root.attrs["softprep"]["targets"]:
+        tg = group[target]
+        tg["planes"].oindex[index] = [r.planes[target] for r in records]
+        tg["mass"].oindex[index] = np.stack([r.mass[target] for r in records])
+        tg["mass_numerator"].oindex[index] = np.stack([r.mass_numerator[target] for r in records])
+        tg["nn_counts"].oindex[index] = np.stack([r.nn_counts[target] for r in records])
+    group["done"].oindex[index] = 1
 
 
 def remove_partial_files(path: str | Path) -> int:
@@ -217,15 +350,18 @@ class Store:
             self.attrs = dict(self.root.attrs["softprep"])
         except (FileNotFoundError, KeyError, ValueError) as error:
             raise SoftprepError(f"{self.path}: not a softprep store ({type(error).__name__}); build one with `softprep build`") from None
-        if self.attrs.get("format_version") != FORMAT_VERSION:
-            raise SoftprepError(f"{self.path}: store format {self.attrs.get('format_version')} is not supported (this softprep reads {FORMAT_VERSION})")
+        version = self.attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise SoftprepError(f"{self.path}: store format {version} cannot be read by this softprep (it reads format "
+                                f"{FORMAT_VERSION}); rebuild it: softprep build --dataset {self.attrs.get('dataset', 'NAME')} "
+                                f"--root DATA --out {self.path} --scales ... --overwrite")
 
     @cached_property
     def spec(self) -> StoreSpec:
         a = self.attrs
         splits = {s: SplitSpec(**{k: self.root[s].attrs[k] for k in ("ids", "images", "labels", "sizes")}) for s in a["splits"]}
         return StoreSpec(a["dataset"], a["classes"], a["palette"], a["ignore_index"], a["kernel"],
-                         a["antialias"], a["scales"], a["shard_size"], splits)
+                         a["antialias"], a["targets"], a["shard_size"], splits)
 
     @property
     def complete(self) -> bool:
@@ -236,18 +372,19 @@ class Store:
         return list(self.attrs["splits"])
 
     @property
-    def scales(self) -> list[float]:
-        return list(self.attrs["scales"])
+    def targets(self) -> list[str]:
+        """Target names, e.g. ``["0.125", "0.25", "short512"]``."""
+        return list(self.attrs["targets"])
 
     @property
     def classes(self) -> list[str]:
         return list(self.attrs["classes"])
 
     def done(self, split: str) -> np.ndarray:
-        """``(N,) bool``: images whose shard is completely written. A damaged marker reads as not done."""
+        """``(N,) bool``: images completely written. A damaged marker reads as not done."""
         array = self.root[split]["done"]
         out = np.zeros(array.shape[0], dtype=bool)
-        step = array.chunks[0]
+        step = array.chunks[0] or 1
         for start in range(0, array.shape[0], step):
             try:
                 out[start:start + step] = array[start:start + step] == 1
@@ -259,23 +396,28 @@ class Store:
         """``(N, C) int64`` full-resolution pixels per class."""
         return self.root[split]["counts"][:]
 
-    def samples(self, split: str, scale: float) -> "ScaleView":
+    def samples(self, split: str, target) -> "TargetView":
+        """The images of ``split`` at ``target`` (a factor such as ``0.125`` or a name such as ``"short512"``)."""
         if split not in self.splits:
             raise SoftprepError(f"{self.path}: no split {split!r}; the store has {', '.join(self.splits)}")
-        if float(scale) not in [float(s) for s in self.scales]:
-            raise SoftprepError(f"{self.path}: no scale {scale}; the store has {', '.join(map(str, self.scales))}")
-        return ScaleView(self, split, float(scale))
+        name = target_name(target)
+        if name not in self.targets:
+            raise SoftprepError(f"{self.path}: no target {name}; the store has {', '.join(self.targets)}")
+        return TargetView(self, split, name)
 
 
-class ScaleView:
-    """The images of one split at one scale: ``len``, iteration and indexing by position or id."""
+class TargetView:
+    """The images of one split at one target: ``len``, iteration and indexing by position or id."""
 
-    def __init__(self, store: Store, split: str, scale: float):
-        self.store, self.split, self.scale = store, split, scale
-        self.group = store.root[split][scale_name(scale)]
-        self.ids: list[str] = list(store.root[split].attrs["ids"])
-        self.sizes: list[list[int]] = list(self.group.attrs["sizes"])
-        self.denominator: int | None = self.group.attrs["denominator"]
+    def __init__(self, store: Store, split: str, target: str):
+        self.store, self.split, self.target = store, split, target
+        self.group = store.root[split][target]
+        split_spec = store.spec.splits[split]
+        self.ids: list[str] = split_spec.ids
+        self.buckets, self.positions = split_spec.buckets, split_spec.positions
+        self.sizes: np.ndarray = self.group["sizes"][:]  # (N, 2)
+        self.denominators: np.ndarray = self.group["denominator"][:]  # (N,)
+        self._bucket_groups: dict = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -287,47 +429,70 @@ class ScaleView:
         index = self.ids.index(key) if isinstance(key, str) else range(len(self))[key]
         return StoredSample(self, index)
 
+    def bucket(self, index: int):
+        """The zarr group holding image ``index``'s pixels."""
+        name = self.buckets[index]
+        if name not in self._bucket_groups:
+            self._bucket_groups[name] = self.group[name]
+        return self._bucket_groups[name]
+
+    @property
+    def exact(self) -> bool:
+        """Every image's weights are exact integers over its denominator (rational priors)."""
+        return bool((self.denominators > 0).all())
+
     def mass(self) -> np.ndarray:
-        """``(N, C)`` soft-label weight per class (``int64`` numerators over ``denominator`` when exact)."""
+        """``(N, C) float64`` soft-label weight per class."""
         return self.group["mass"][:]
+
+    def mass_numerator(self) -> np.ndarray:
+        """``(N, C) int64`` exact class weights over :attr:`denominators` (zeros for float images)."""
+        return self.group["mass_numerator"][:]
 
     def nn_counts(self) -> np.ndarray:
         """``(N, C) int64`` nearest-neighbour pixels per class."""
         return self.group["nn_counts"][:]
 
+    def planes(self) -> np.ndarray:
+        """``(N,) uint8`` soft-label slots used per image."""
+        return self.group["planes"][:]
+
 
 class StoredSample:
-    """One image of a :class:`ScaleView`; arrays are read on access."""
+    """One image of a :class:`TargetView`; arrays are read on access."""
 
-    def __init__(self, view: ScaleView, index: int):
+    def __init__(self, view: TargetView, index: int):
         self.view, self.index = view, index
         self.id = view.ids[index]
-        self.shape: tuple[int, int] = tuple(view.sizes[index])
+        self.shape: tuple[int, int] = tuple(int(v) for v in view.sizes[index])
+        self.position = view.positions[index]
 
     @property
     def image(self) -> np.ndarray:
-        """``(H', W', 3) uint8`` colour image."""
+        """``(h, w, 3) uint8`` colour image."""
         h, w = self.shape
-        return self.view.group["image"][self.index, :h, :w]
+        return self.view.bucket(self.index)["image"][self.position, :h, :w]
 
     def soft_label(self) -> SoftLabel:
         """The sparse :class:`SoftLabel` as stored."""
         h, w = self.shape
+        bucket = self.view.bucket(self.index)
         k = max(1, int(self.view.group["planes"][self.index]))
-        classes = self.view.group["classes"][self.index, :k, :h, :w]
-        weights = self.view.group["weights"][self.index, :k, :h, :w]
-        return SoftLabel(classes, weights, len(self.view.store.classes), self.view.denominator)
+        classes = bucket["classes"][self.position, :k, :h, :w]
+        weights = bucket["weights"][self.position, :k, :h, :w]
+        denominator = int(self.view.denominators[self.index]) if weights.dtype.kind == "u" else None
+        return SoftLabel(classes, weights, len(self.view.store.classes), denominator)
 
     def soft(self, dense: bool = True) -> np.ndarray | SoftLabel:
-        """``(C, H', W') float32`` per-class weights (``dense=False``: the sparse SoftLabel)."""
+        """``(C, h, w) float32`` per-class weights (``dense=False``: the sparse SoftLabel)."""
         soft = self.soft_label()
         return soft.dense() if dense else soft
 
     def hard(self) -> np.ndarray:
-        """``(H', W') uint8`` argmax of the soft label (255 where fully ignored)."""
+        """``(h, w) uint8`` argmax of the soft label (255 where fully ignored)."""
         return self.soft_label().argmax()
 
     def nn(self) -> np.ndarray:
-        """``(H', W') uint8`` nearest-neighbour train ids (255 = ignore), the usual baseline label."""
+        """``(h, w) uint8`` nearest-neighbour train ids (255 = ignore), the usual baseline label."""
         h, w = self.shape
-        return self.view.group["nn"][self.index, :h, :w]
+        return self.view.bucket(self.index)["nn"][self.position, :h, :w]

@@ -3,14 +3,14 @@
 Checks, per split:
   * the store is marked complete and every image's shard is written (``done``) and on disk;
   * every chunk of every array decodes (zstd + crc32c: a flipped byte fails here);
-  * per image and scale: slot classes are train ids or empty, empty slots weigh 0, weights lie
+  * per image and target: recorded ``sizes`` and ``denominator`` equal the resampling plan's; slot classes are train ids or empty, empty slots weigh 0, weights lie
     in [0, 1] (numerators in [0, denominator]), slots are sorted by weight, ``planes`` covers
-    the used slots, per-pixel sums are <= 1, recorded ``mass`` and ``nn_counts`` equal the ones
+    the used slots, per-pixel sums are <= 1, recorded ``mass`` (``mass_numerator``) and ``nn_counts`` equal the ones
     recomputed from the stored soft label and NN map;
   * with the dataset root: recorded full-resolution ``counts`` and each pixel's weight sum equal
     the ones recomputed from the label files (the valid fraction under the store's kernel).
 
-Every failed check is one line naming split, scale, image and array; no check stops the others.
+Every failed check is one line naming split, target, image and array; no check stops the others.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ from typing import Callable
 
 import numpy as np
 
+from softprep.build import stored_sample
 from softprep.datasets import get_dataset
-from softprep.kernels import axis_weights
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label
 from softprep.softlabel import EMPTY, SoftLabel
-from softprep.build import stored_sample
-from softprep.store import Store, open_store, scale_name
+from softprep.store import Store, TargetView, open_store
 
 SAMPLE_ARRAYS = ("image", "classes", "weights", "nn")
-RECORD_ARRAYS = ("planes", "mass", "nn_counts")
+RECORD_ARRAYS = ("sizes", "denominator", "planes", "mass", "mass_numerator", "nn_counts")
 FLOAT_TOLERANCE = 1e-5
 
 
@@ -58,23 +57,23 @@ def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = 
 
 
 def _check_split_records(store: Store, split: str) -> list[str]:
-    """The per-split arrays decode, and every image is built."""
+    """The per-image record arrays decode, every image is built, and the planned sizes are recorded."""
     problems = []
     for name in ("counts", "done"):
         problems += _decode_all(store, f"{split}/{name}", split)
     done = store.done(split)
     ids = store.spec.splits[split].ids
     problems += [f"{split}: image {ids[i]} (#{i}) not built (rerun `softprep build`)" for i in np.flatnonzero(~done)]
-    for scale in store.scales:
+    for target in store.targets:
         for name in RECORD_ARRAYS:
-            problems += _decode_all(store, f"{split}/{scale_name(scale)}/{name}", split)
+            problems += _decode_all(store, f"{split}/{target}/{name}", split)
     return problems
 
 
 def _decode_all(store: Store, array_path: str, split: str) -> list[str]:
-    """Decode an unsharded per-image array chunk by chunk; one line per chunk that fails."""
+    """Decode a per-image record array chunk by chunk; one line per chunk that fails."""
     array = store.root[array_path]
-    step, problems = array.chunks[0], []
+    step, problems = array.chunks[0] or 1, []
     ids = store.spec.splits[split].ids
     for start in range(0, array.shape[0], step):
         try:
@@ -86,43 +85,56 @@ def _decode_all(store: Store, array_path: str, split: str) -> list[str]:
 
 
 def check_images(store_path: str, split: str, indices: range, root: str | Path | None) -> tuple[list[str], int]:
-    """Problems of images ``indices`` of a split at every scale, and how many images were checked."""
+    """Problems of images ``indices`` of a split at every target, and how many images were checked."""
     store = open_store(store_path)
     done = store.done(split)
     dataset = get_dataset(store.attrs["dataset"], root) if root is not None else None
-    views = [store.samples(split, scale) for scale in store.scales]
+    views = []
+    for target in store.targets:
+        try:
+            views.append(store.samples(split, target))
+        except Exception:  # noqa: BLE001 - an unreadable sizes/denominator chunk is reported per split
+            pass
     problems = []
     for i in (i for i in indices if done[i]):  # images not built are reported once per split
         label = _check_counts(store, dataset, split, i, problems) if dataset is not None else None
         for view in views:
-            where = f"{split}/{scale_name(view.scale)}: image {view.ids[i]} (#{i})"
-            soft, found = _read_sample(store_path, view, i)
+            where = f"{split}/{view.target}: image {view.ids[i]} (#{i})"
+            soft, found = _read_sample(store, view, i)
             problems += [f"{where}: {p}" for p in found]
             if label is not None and soft is not None:
-                problems += [f"{where}: {p}" for p in _check_valid_fraction(store, label, dataset.ignore_index, soft)]
+                problems += [f"{where}: {p}" for p in _check_valid_fraction(store, split, i, view.target, label, soft)]
     return problems, len(indices)
 
 
-def _read_sample(store_path: str, view, i: int) -> tuple[SoftLabel | None, list[str]]:
-    """Decode image ``i``'s chunks at one scale and check them; the soft label is None when unreadable."""
-    group, problems, arrays = view.group, [], {}
+def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | None, list[str]]:
+    """Decode image ``i``'s chunks at one target and check them; the soft label is None when unreadable."""
+    plan = store.spec.plan(view.split, i, view.target)
+    problems, arrays = [], {}
+    if tuple(int(v) for v in view.sizes[i]) != plan.size:
+        problems.append(f"sizes: records {view.sizes[i].tolist()}, the plan gives {list(plan.size)}")
+    if int(view.denominators[i]) != (plan.denominator or 0):
+        problems.append(f"denominator: records {int(view.denominators[i])}, the plan gives {plan.denominator or 0}")
+    bucket, position = view.bucket(i), view.positions[i]
     for name in SAMPLE_ARRAYS:
-        array_path = f"{view.split}/{scale_name(view.scale)}/{name}"
-        if not _shard_file(group[name], i, store_path, array_path).is_file():
+        array = bucket[name]
+        if not _shard_file(array, position, store.path).is_file():
             problems.append(f"{name} shard file missing")
             continue
         try:
-            arrays[name] = group[name][i]
+            arrays[name] = array[position]
         except Exception as error:  # noqa: BLE001 - any decode failure is a finding
             problems.append(f"{name} cannot be read ({_why(error)})")
     try:
-        records = {name: group[name][i] for name in RECORD_ARRAYS}
+        records = {name: view.group[name][i] for name in RECORD_ARRAYS}
     except Exception:  # noqa: BLE001 - reported with its chunk by _check_split_records
         return None, problems
-    if len(arrays) < len(SAMPLE_ARRAYS):
+    if len(arrays) < len(SAMPLE_ARRAYS) or problems:
         return None, problems
-    h, w = view.sizes[i]
-    soft = SoftLabel(arrays["classes"][:, :h, :w], arrays["weights"][:, :h, :w], len(view.store.classes), view.denominator)
+    h, w = plan.size
+    weights = arrays["weights"][:, :h, :w]
+    denominator = plan.denominator if weights.dtype.kind == "u" else None
+    soft = SoftLabel(arrays["classes"][:, :h, :w], weights, store.spec.num_classes, denominator)
     return soft, problems + _check_soft_label(soft, records, arrays["nn"][:h, :w])
 
 
@@ -146,9 +158,13 @@ def _check_soft_label(soft: SoftLabel, records: dict, nn: np.ndarray) -> list[st
     if (sums > one + tolerance * soft.planes).any():
         problems.append(f"weights: a pixel's weights sum to {sums.max() / one:.6g} > 1")
     mass = soft.class_mass()
-    recorded = records["mass"]
-    if not (np.array_equal(mass, recorded) if soft.exact else np.allclose(mass, recorded, rtol=1e-9, atol=1e-9)):
-        problems.append(f"mass: recorded class masses differ from the stored soft label's (classes {_differing(mass, recorded)})")
+    if soft.exact and not np.array_equal(mass, records["mass_numerator"]):
+        problems.append(f"mass_numerator: recorded exact class masses differ from the stored soft label's "
+                        f"(classes {_differing(mass, records['mass_numerator'])})")
+    value = mass / soft.denominator if soft.exact else mass
+    if not np.allclose(value, records["mass"], rtol=1e-6, atol=1e-6):
+        problems.append(f"mass: recorded class masses differ from the stored soft label's "
+                        f"(classes {_differing(~np.isclose(value, records['mass'], rtol=1e-6, atol=1e-6), False)})")
     nn_counts = np.bincount(nn[nn != EMPTY].ravel(), minlength=c)[:c]
     if not np.array_equal(nn_counts, records["nn_counts"]):
         problems.append(f"nn_counts: recorded NN counts differ from the stored NN map's (classes {_differing(nn_counts, records['nn_counts'])})")
@@ -160,7 +176,7 @@ def _check_counts(store: Store, dataset, split: str, i: int, problems: list[str]
     spec = store.spec.splits[split]
     label = dataset.read_label(stored_sample(dataset, spec, i))
     prepared = prepare_label(label, dataset.num_classes, dataset.ignore_index)
-    counts = np.bincount(prepared.codes.ravel(), minlength=dataset.num_classes + 1)[: dataset.num_classes]
+    counts = prepared.class_counts()
     recorded = store.root[split]["counts"][i]
     if not np.array_equal(counts, recorded):
         problems.append(f"{split}: image {spec.ids[i]} (#{i}): counts: recorded full-resolution counts differ "
@@ -168,13 +184,15 @@ def _check_counts(store: Store, dataset, split: str, i: int, problems: list[str]
     return label
 
 
-def _check_valid_fraction(store: Store, label: np.ndarray, ignore_index: int, soft: SoftLabel) -> list[str]:
+def _check_valid_fraction(store: Store, split: str, i: int, target: str, label: np.ndarray, soft: SoftLabel) -> list[str]:
     """Each pixel's weights sum to the share of its kernel window on labelled pixels."""
+    ignore_index = store.spec.ignore_index
     valid = np.where(label == ignore_index, ignore_index, 0).astype(np.uint8)
-    h, w = label.shape
-    wy = axis_weights(store.attrs["kernel"], h, soft.shape[0], store.attrs["antialias"])
-    wx = axis_weights(store.attrs["kernel"], w, soft.shape[1], store.attrs["antialias"])
-    expected = _pixel_sums(soft_label(valid, wy, wx, 1, ignore_index))
+    plan = store.spec.plan(split, i, target)
+    expected = soft_label(valid, plan.rows, plan.cols, 1, ignore_index)
+    if expected.exact and not soft.exact:  # a float bucket holds this exact image: compare values
+        expected = SoftLabel(expected.classes, expected.scaled_weights(), 1, None)
+    expected = _pixel_sums(expected)
     error = np.abs(_pixel_sums(soft) - expected).max(initial=0) / (soft.denominator if soft.exact else 1)
     if error > (0 if soft.exact else FLOAT_TOLERANCE):
         return [f"weights: per-pixel sums differ from the valid fraction by up to {error:.3g}"]
@@ -186,10 +204,10 @@ def _pixel_sums(soft: SoftLabel) -> np.ndarray:
     return soft.weights.sum(axis=0, dtype=np.int64 if soft.exact else np.float64)
 
 
-def _shard_file(array, i: int, store_path: str, array_path: str) -> Path:
-    """The file holding image ``i`` of a sharded per-image array (local stores)."""
-    coords = (i // array.shards[0],) + (0,) * (array.ndim - 1)
-    return Path(store_path) / array_path / array.metadata.encode_chunk_key(coords)
+def _shard_file(array, position: int, store_path: Path) -> Path:
+    """The file holding bucket position ``position`` of a sharded per-image array (local stores)."""
+    coords = (position // array.shards[0],) + (0,) * (array.ndim - 1)
+    return Path(store_path) / array.path / array.metadata.encode_chunk_key(coords)
 
 
 def _differing(a: np.ndarray, b: np.ndarray) -> str:

@@ -50,14 +50,14 @@ def _class_weights(path: Path | None) -> list[float] | None:
 
 @main.command()
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="softprep store to train from.")
-@click.option("--scale", required=True, type=float, help="Training scale (a stored scale), e.g. 0.25.")
+@click.option("--scale", required=True, help="Training target, a stored one: a factor (0.25) or a name (short512, fit512x1024).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder: logs, checkpoints.")
 @click.option("--model", default="hrnetv2_w48", show_default=True, help="Registered model (see softprep_train.models.MODELS).")
 @click.option("--loss", default="kl", show_default=True, type=click.Choice(["kl", "ce-nn"]), help="kl: soft labels; ce-nn: NN hard labels (baseline).")
 @click.option("--mc/--no-mc", default=True, show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
 @click.option("--class-weights", type=click.Path(dir_okay=False, path_type=Path), help="JSON list of per-class loss weights.")
 @click.option("--split", default="train", show_default=True)
-@click.option("--crop", default=None, help="Crop HxW (default: the stored size at --scale).")
+@click.option("--crop", default=None, help="Crop HxW (default: the smallest stored size at --scale; every image's when all are equal).")
 @click.option("--batch-size", default=12, show_default=True)
 @click.option("--iters", default=80000, show_default=True, help="Iterations (ignored with --epochs).")
 @click.option("--epochs", type=int, default=None, help="Train for this many epochs instead of --iters.")
@@ -76,7 +76,7 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (bit-identical on CPU).")
 @click.option("--stop-at", type=int, default=None, help="Stop after this iteration with a checkpoint (time-limited jobs); continue later with --resume.")
 def fit(**options):
-    """Train a model on a store split at one scale."""
+    """Train a model on a store split at one target resolution."""
     from softprep_train.train import TrainConfig, fit as run_fit
 
     options["crop"] = _size(options["crop"])
@@ -93,7 +93,7 @@ def fit(**options):
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
 @click.option("--store", required=True, type=click.Path(path_type=Path))
 @click.option("--split", default="val", show_default=True)
-@click.option("--root", type=click.Path(path_type=Path), help="Dataset root, when the store has no scale 1.0 labels.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root, when the store has no 1.0 target to read full-resolution labels from.")
 @click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]), help="Whole image or sliding window (crop size, 2/3 stride).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON report (default: next to the checkpoint).")
 @click.option("--device", default="auto", show_default=True)

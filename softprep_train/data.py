@@ -1,6 +1,6 @@
 """Streaming a softprep store into torch: the dataset, its paired augmentation, and batching.
 
-A training sample is read at a *source* scale of the store and brought to the crop by one
+A training sample is read at a *source* target of the store and brought to the crop by one
 geometry: resize by a random factor, random crop (padding marked ignore), horizontal flip. The
 geometry is two matrices built from :mod:`softprep.kernels` (the store's own kernel), so colour
 and soft label go through the very same linear map, ``out = rows @ x @ cols.T`` per channel:
@@ -8,7 +8,8 @@ and soft label go through the very same linear map, ``out = rows @ x @ cols.T`` 
 * ``rows``: ``(crop_h, src_h) float32``, the resize taps of the kept output rows; padding rows are 0.
 * ``cols``: ``(crop_w, src_w) float32``, the same for columns, reversed when flipped.
 
-Workers ship them as tap tables (:func:`axis_taps`); :func:`taps_to_matrix` expands them.
+The taps come from :func:`softprep.plan.plan_for_size` (source size -> resized size). Workers
+ship them as tap tables (:func:`axis_taps`); :func:`taps_to_matrix` expands them.
 
 NN labels (the ``ce-nn`` baseline) take the nearest-neighbour index of the same geometry.
 
@@ -28,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from softprep.kernels import axis_weights, output_size
+from softprep.kernels import AxisWeights
+from softprep.plan import parse_target, plan_for_size
 from softprep.store import open_store
 
 IGNORE = 255
@@ -44,16 +46,16 @@ class Augment:
     flip: bool = True
 
 
-def axis_taps(kernel: str, antialias: bool, src: int, out: int, start: int, length: int,
+def axis_taps(taps: AxisWeights, nearest: AxisWeights, start: int, length: int,
               flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One axis of a geometry: resize ``src -> out``, keep ``[start, start + length)`` (beyond ``out``: padding).
+    """One axis of a geometry: the resize ``taps`` (and ``nearest`` table) ``src -> out``, keeping
+    ``[start, start + length)`` (beyond ``out``: padding).
 
     Returns the compact form that travels from worker to trainer: ``index (length, T) int64`` and
     ``weight (length, T) float32`` taps (padding: weight 0), and ``nearest (length,) int64`` source
     index (-1 for padding); all reversed when ``flip``.
     """
-    taps, nearest = axis_weights(kernel, src, out, antialias), axis_weights("nearest", src, out)
-    keep = np.arange(start, min(start + length, out))
+    keep = np.arange(start, min(start + length, taps.out_size))
     index = np.zeros((length, taps.taps), dtype=np.int64)
     weight = np.zeros((length, taps.taps), dtype=np.float32)
     nearest_index = np.full(length, -1, dtype=np.int64)
@@ -99,43 +101,45 @@ def finish_sample(raw: dict, num_classes: int) -> dict:
 
 
 class StoreDataset(Dataset):
-    """One split of a store at a training scale, with the paired augmentation.
+    """One split of a store at a training target (``0.25``, ``"short512"``), with the paired augmentation.
 
     Each DataLoader worker opens the store itself on first use (nothing unpicklable is held).
-    Index with ``i`` (no augmentation: the stored sample at ``scale``) or ``(i, seed)``: the
+    Index with ``i`` (no augmentation: the stored sample at ``target``) or ``(i, seed)``: the
     augmentation is drawn from ``seed``, so a run is reproducible whatever the worker count.
 
     Items: with ``densify="worker"``, :func:`finish_sample`'s dict (plus ``index``); with
     ``densify="device"``, the raw sparse dict that :func:`finish_sample` takes.
     """
 
-    def __init__(self, store_path: str, split: str, scale: float, augment: Augment | None = None,
+    def __init__(self, store_path: str, split: str, target, augment: Augment | None = None,
                  densify: str = "worker"):
         store = open_store(store_path)
-        self.store_path, self.split, self.scale = str(store_path), split, float(scale)
+        self.store_path, self.split, self.target = str(store_path), split, parse_target(target).name
         self.augment, self.densify = augment, densify
         self.kernel, self.antialias = store.attrs["kernel"], store.attrs["antialias"]
         self.num_classes = len(store.classes)
-        self.scales = sorted(float(s) for s in store.scales)
-        self.full_sizes = store.spec.splits[split].sizes
         self.ids = store.spec.splits[split].ids
-        store.samples(split, scale)  # a clear error now for a missing split or scale
+        #: ``{target: (N, 2) int}`` stored size of every image at every target (the sources to read from).
+        self.sizes = {t: store.samples(split, t).sizes for t in store.targets}
+        store.samples(split, self.target)  # a clear error now for a missing split or target
         self._store, self._pid, self._views = None, None, {}
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def view(self, scale: float):
-        """This process's reader of the split at ``scale`` (each worker opens the store once)."""
+    def view(self, target: str):
+        """This process's reader of the split at ``target`` (each worker opens the store once)."""
         if self._pid != os.getpid():
             self._store, self._pid, self._views = open_store(self.store_path), os.getpid(), {}
-        if scale not in self._views:
-            self._views[scale] = self._store.samples(self.split, scale)
-        return self._views[scale]
+        if target not in self._views:
+            self._views[target] = self._store.samples(self.split, target)
+        return self._views[target]
 
-    def source_scale(self, target: float) -> float:
-        """The smallest stored scale at or above ``target`` (else the largest): the least resizing."""
-        return next((s for s in self.scales if s >= target - 1e-12), self.scales[-1])
+    def source_target(self, index: int, size: tuple[int, int]) -> str:
+        """The stored target whose image ``index`` is the smallest at or above ``size (h, w)`` (else the
+        largest): the least resizing, judged on this image's own recorded sizes."""
+        by_pixels = sorted(self.sizes, key=lambda t: int(self.sizes[t][index].prod()))
+        return next((t for t in by_pixels if (self.sizes[t][index] >= size).all()), by_pixels[-1])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
@@ -145,26 +149,25 @@ class StoreDataset(Dataset):
         return {**finish_sample(raw, self.num_classes), "index": index}
 
     def raw(self, index: int, seed: int | None) -> dict:
-        """Sparse sample at its source scale, with the geometry matrices of its augmentation."""
-        full_h, full_w = self.full_sizes[index]
+        """Sparse sample at its source target, with the geometry matrices of its augmentation."""
+        base_h, base_w = (int(v) for v in self.sizes[self.target][index])
         if self.augment is None or seed is None:
-            target, source = self.scale, self.scale
-            out_h, out_w = output_size(full_h, target), output_size(full_w, target)
+            (out_h, out_w), source = (base_h, base_w), self.target
             crop, start, flip = (out_h, out_w), (0, 0), False
         else:
             rng = np.random.default_rng(seed)
             low, high = self.augment.resize_range
-            target = self.scale * rng.uniform(low, high)
-            source = self.source_scale(target)
-            out_h, out_w = max(1, round(full_h * target)), max(1, round(full_w * target))
+            ratio = rng.uniform(low, high)
+            out_h, out_w = max(1, round(base_h * ratio)), max(1, round(base_w * ratio))
+            source = self.source_target(index, (out_h, out_w))
             crop = self.augment.crop
             start = (int(rng.integers(0, max(out_h - crop[0], 0) + 1)), int(rng.integers(0, max(out_w - crop[1], 0) + 1)))
             flip = bool(self.augment.flip and rng.random() < 0.5)
         sample = self.view(source)[index]
         soft = sample.soft_label()
-        src_h, src_w = sample.shape
-        row_index, row_weight, nn_rows = axis_taps(self.kernel, self.antialias, src_h, out_h, start[0], crop[0], False)
-        col_index, col_weight, nn_cols = axis_taps(self.kernel, self.antialias, src_w, out_w, start[1], crop[1], flip)
+        plan = plan_for_size(self.kernel, self.antialias, sample.shape, (out_h, out_w))
+        row_index, row_weight, nn_rows = axis_taps(plan.rows, plan.nearest_rows, start[0], crop[0], False)
+        col_index, col_weight, nn_cols = axis_taps(plan.cols, plan.nearest_cols, start[1], crop[1], flip)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(sample.image)),
             "classes": torch.from_numpy(soft.classes),

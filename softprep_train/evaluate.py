@@ -1,9 +1,9 @@
 """``softprep-train eval``: full-resolution mIoU, as the paper's Table I reports it.
 
-The model sees each image at its training scale (from the store); its logits are upsampled
-(bilinear) to the original label size and compared with the original full-resolution labels:
-the store's ``nn`` map at scale 1.0 (identical to the label file) when the store has that scale,
-else the label files under ``root``. The confusion matrix is accumulated on the device.
+The model sees each image at its training target (from the store); its logits are upsampled
+(bilinear) to that image's own original label size and compared with the original
+full-resolution labels: the store's ``nn`` map at target ``1.0`` (identical to the label file)
+when the store has it, else the label files under ``root``. The confusion matrix is accumulated on the device.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from tqdm import tqdm
 from softprep.build import stored_sample
 from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
+from softprep.plan import parse_target
 from softprep.store import Store, open_store
 from softprep_train.data import IGNORE
 from softprep_train.models import build_model
 from softprep_train.train import normalise
 
-FULL = 1.0
+FULL = "1.0"
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Report:
     classes: list[str]
     confusion: np.ndarray  # (C, C) int64, rows = ground truth, columns = prediction
     model: str
-    scale: float
+    target: str
 
     @property
     def iou(self) -> np.ndarray:
@@ -47,12 +48,12 @@ class Report:
 
     def table(self) -> str:
         """Table I layout: model, resolution, one column per class (IoU %, one decimal), mIoU."""
-        header = ["model", "scale", *self.classes, "mIoU"]
-        values = [self.model, f"{self.scale:g}", *("-" if np.isnan(v) else f"{100 * v:.1f}" for v in self.iou), f"{100 * self.miou:.1f}"]
+        header = ["model", "target", *self.classes, "mIoU"]
+        values = [self.model, self.target, *("-" if np.isnan(v) else f"{100 * v:.1f}" for v in self.iou), f"{100 * self.miou:.1f}"]
         return "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n| " + " | ".join(values) + " |\n"
 
     def to_json(self) -> dict:
-        return {"model": self.model, "scale": self.scale, "classes": self.classes,
+        return {"model": self.model, "target": self.target, "classes": self.classes,
                 "iou": [None if np.isnan(v) else float(v) for v in self.iou], "miou": self.miou,
                 "confusion": self.confusion.tolist()}
 
@@ -107,12 +108,12 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Mo
 
 
 def full_resolution_labels(store: Store, split: str, root: str | Path | None):
-    """A function ``index -> (H, W) uint8`` original train ids: from the store's scale 1.0, or from ``root``."""
-    if any(float(s) == FULL for s in store.scales):
+    """A function ``index -> (H, W) uint8`` original train ids: from the store's target 1.0, or from ``root``."""
+    if FULL in store.targets:
         view = store.samples(split, FULL)
         return lambda i: view[i].nn()
     if root is None:
-        raise SoftprepError(f"{store.path}: has no scale 1.0 to read full-resolution labels from; pass --root DATA "
+        raise SoftprepError(f"{store.path}: has no target 1.0 to read full-resolution labels from; pass --root DATA "
                             "(the dataset folder) or build the store with --scales ... 1.0")
     dataset = get_dataset(store.attrs["dataset"], root)
     spec = store.spec.splits[split]
@@ -125,11 +126,11 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val",
     """Full-resolution confusion matrix and IoU of a checkpoint on a split of a store."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model, state = load_checkpoint(checkpoint, device)
-    scale = float(state["config"]["scale"])
+    target = parse_target(state["config"]["scale"]).name
     store = open_store(store_path)
     if store.classes != state["classes"]:
         raise SoftprepError(f"{store_path}: classes differ from the checkpoint's; evaluate on a store of the same dataset")
-    view = store.samples(split, scale)
+    view = store.samples(split, target)
     labels = full_resolution_labels(store, split, root)
     c = len(store.classes)
     confusion = torch.zeros((c, c), dtype=torch.int64, device=device)
@@ -139,7 +140,7 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val",
         label = torch.from_numpy(labels(i)).to(device)
         full = F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False)
         accumulate(confusion, full[0].argmax(0), label)
-    return Report(store.classes, confusion.cpu().numpy(), state["config"]["model"], scale)
+    return Report(store.classes, confusion.cpu().numpy(), state["config"]["model"], target)
 
 
 def save_report(report: Report, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """``softprep-train predict``: colourised masks for a folder of images.
 
-Each image is downsampled to the checkpoint's training scale with the store's kernel (the same
+Each image is resampled to the checkpoint's training target with the store's kernel (the same
 tap tables softprep built the store with), segmented, and its logits upsampled (bilinear) back to
 the original size; the mask is written as a palette PNG-coloured RGB image.
 """
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from softprep.datasets.base import read_array
 from softprep.errors import SoftprepError
-from softprep.kernels import axis_weights, output_size
+from softprep.plan import resampling_plan
 from softprep.resample import resize_image
 from softprep.show import colourise
 from softprep_train.evaluate import load_checkpoint, predict_logits
@@ -30,10 +30,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def predict_image(model: torch.nn.Module, state: dict, image: np.ndarray, mode: str = "whole") -> np.ndarray:
     """``(H, W, 3) uint8`` image -> ``(H, W) uint8`` predicted train ids at full resolution."""
     h, w = image.shape[:2]
-    scale = float(state["config"]["scale"])
-    out_h, out_w = output_size(h, scale), output_size(w, scale)
-    small = resize_image(image, axis_weights(state["kernel"], h, out_h, state["antialias"]),
-                         axis_weights(state["kernel"], w, out_w, state["antialias"]))
+    plan = resampling_plan(state["kernel"], state["antialias"], (h, w), state["config"]["scale"])
+    small = resize_image(image, plan.rows, plan.cols)
     device = next(model.parameters()).device
     tensor = torch.from_numpy(small).permute(2, 0, 1)[None].float().to(device)
     logits = predict_logits(model, normalise(tensor), mode, tuple(state["crop"]))

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from softprep.errors import SoftprepError
+from softprep.plan import parse_target
 from softprep.store import open_store
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
 from softprep_train.losses import ce_nn_loss, kl_loss
@@ -37,14 +38,14 @@ class TrainConfig:
     """Everything a run depends on; saved in every checkpoint."""
 
     store: str
-    scale: float
+    scale: str  # the training target: a stored factor ("0.25") or name ("short512")
     out: str
     model: str = "hrnetv2_w48"
     loss: str = "kl"  # "kl" | "ce-nn"
     mc: bool = True  # KL over multi-class pixels too (Table III)
     class_weights: list[float] | None = None
     split: str = "train"
-    crop: tuple[int, int] | None = None  # (h, w); default: the split's size at --scale
+    crop: tuple[int, int] | None = None  # (h, w); default: the split's smallest stored size at --scale
     batch_size: int = 12
     iters: int = 80000
     epochs: int | None = None  # overrides iters when set
@@ -116,6 +117,7 @@ def _plain(value):
 
 def fit(config: TrainConfig, progress: bool = True) -> dict:
     """Train; returns the summary that is also written to ``out/summary.json``."""
+    config.scale = parse_target(config.scale).name
     # --- distributed set-up (torchrun sets these variables) ---
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -134,7 +136,7 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
 
     # --- data ---
     view = store.samples(config.split, config.scale)
-    crop = tuple(config.crop) if config.crop else tuple(view.sizes[0])
+    crop = tuple(config.crop) if config.crop else tuple(int(v) for v in view.sizes.min(axis=0))
     densify = config.densify if config.densify != "auto" else ("device" if device.type == "cuda" else "worker")
     dataset = StoreDataset(config.store, config.split, config.scale, Augment(crop), densify)
     batches_per_epoch = TrainSampler(dataset, config.batch_size, config.seed, 0, rank, world_size).batches_per_epoch()

@@ -77,7 +77,7 @@ def test_real_cityscapes_samples():
 
 
 def test_unknown_dataset():
-    with pytest.raises(SoftprepError, match="unknown dataset 'kitti'; choose one of cityscapes"):
+    with pytest.raises(SoftprepError, match="unknown dataset 'kitti'; choose one of ade20k, camvid, cityscapes, folder, mapillary, mapillary-v2"):
         get_dataset("kitti", ".")
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softprep.kernels import axis_weights, output_size
+from softprep.errors import SoftprepError
+from softprep.kernels import axis_weights
+from softprep.plan import parse_target
 from softprep.resample import nearest_labels, resize_image, soft_label
 from tests.conftest import blobby_labels, one_hot
 
@@ -60,7 +62,7 @@ def test_soft_label_matches_torch(kernel, antialias, shape):
     label = blobby_labels(rng, shape, NUM_CLASSES)
     volume = one_hot(label, NUM_CLASSES)
     for scale in SCALES:
-        size = (output_size(shape[0], scale), output_size(shape[1], scale))
+        size = parse_target(scale).output_size(*shape)
         wy = axis_weights(kernel, shape[0], size[0], antialias)
         wx = axis_weights(kernel, shape[1], size[1], antialias)
         ours = soft_label(label, wy, wx, NUM_CLASSES).dense()
@@ -75,7 +77,7 @@ def test_colour_matches_torch(kernel, antialias):
     rng = np.random.default_rng(7)
     for shape, scale in itertools.product(SIZES, SCALES):
         image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-        size = (output_size(shape[0], scale), output_size(shape[1], scale))
+        size = parse_target(scale).output_size(*shape)
         wy = axis_weights(kernel, shape[0], size[0], antialias)
         wx = axis_weights(kernel, shape[1], size[1], antialias)
         ours = resize_image(image, wy, wx).astype(int)
@@ -88,7 +90,7 @@ def test_nearest_labels_equal_torch_nearest():
     rng = np.random.default_rng(3)
     for shape, scale in itertools.product(SIZES + ((1024, 2048),), SCALES):
         label = rng.integers(0, 19, shape, dtype=np.uint8)
-        size = (output_size(shape[0], scale), output_size(shape[1], scale))
+        size = parse_target(scale).output_size(*shape)
         ours = nearest_labels(label, axis_weights("nearest", shape[0], size[0]), axis_weights("nearest", shape[1], size[1]))
         ref = F.interpolate(torch.from_numpy(label)[None, None].float(), size=size, mode="nearest")[0, 0].numpy()
         np.testing.assert_array_equal(ours, ref.astype(np.uint8))
@@ -144,5 +146,6 @@ def test_exact_denominators():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown kernel"):
         axis_weights("lanczos", 10, 5)
-    with pytest.raises(ValueError, match="scale must be > 0"):
-        output_size(10, 0)
+    for bad in ("0", "-0.5", "nan", "inf", "abc"):
+        with pytest.raises(SoftprepError, match=f"'{bad}'"):
+            parse_target(bad)

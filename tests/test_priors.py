@@ -17,6 +17,7 @@ from PIL import Image
 from softprep import SoftprepError, open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
+from softprep.plan import parse_target
 from softprep.priors import compare_kernels, render, store_priors, to_json
 from tests.conftest import blobby_labels, one_hot, write_cityscapes
 
@@ -30,8 +31,8 @@ def demo_prior_store(demo_root, tmp_path_factory):
     return out
 
 
-def row(table, strategy, scale):
-    return next(r for r in table.rows if r.strategy == strategy and r.scale == scale)
+def row(table, strategy, target):
+    return next(r for r in table.rows if r.strategy == strategy and r.target == parse_target(target).name)
 
 
 def test_hand_computed_nearest_and_area(tmp_path):
@@ -81,18 +82,18 @@ def test_store_rows_equal_dataset_rows(demo_root, demo_prior_store):
     from_root = compare_kernels(get_dataset("cityscapes", demo_root), ["nearest", "bilinear"], [0.125, 0.25, 0.5], jobs=2)
     assert from_store.counts == from_root.counts
     for a in from_store.rows:
-        b = row(from_root, a.strategy, a.scale)
-        assert a.discrepancy == b.discrepancy, (a.strategy, a.scale)
+        b = row(from_root, a.strategy, a.target)
+        assert a.discrepancy == b.discrepancy, (a.strategy, a.target)
 
 
 def test_demo_store_half_is_exact_zero_and_eighth_is_not(demo_prior_store):
     table = store_priors(open_store(demo_prior_store))
-    assert [(r.strategy, r.scale) for r in table.rows] == [
-        ("nearest", 0.125), ("bilinear", 0.125), ("nearest", 0.25), ("bilinear", 0.25), ("nearest", 0.5), ("bilinear", 0.5)]
+    assert [(r.strategy, r.target) for r in table.rows] == [
+        ("nearest", "0.125"), ("bilinear", "0.125"), ("nearest", "0.25"), ("bilinear", "0.25"), ("nearest", "0.5"), ("bilinear", "0.5")]
     assert all(d == 0 for d in row(table, "bilinear", 0.5).discrepancy)
     assert row(table, "nearest", 0.125).max_abs > 0
     text = render(table, "text").splitlines()
-    assert text[1].split()[:5] == ["strategy", "scale", "exact", "sum|D|", "max|D|"]
+    assert text[1].split()[:5] == ["strategy", "target", "exact", "sum|D|", "max|D|"]
     half = next(line for line in text if line.startswith("bilinear") and " 1/2 " in line).split()
     assert half[2:] == ["exact"] + ["0"] * (2 + C)
     eighth = next(line for line in text if line.startswith("nearest") and " 1/8 " in line).split()
@@ -106,7 +107,7 @@ def test_json_schema_full_precision(demo_prior_store):
     assert data["split"] == "train" and len(data["classes"]) == C and len(data["counts"]) == C
     assert sum(data["original_prior"]) == pytest.approx(1.0, abs=1e-12)
     for r, original in zip(data["rows"], table.rows):
-        assert set(r) == {"strategy", "scale", "exact", "prior", "discrepancy", "discrepancy_fraction", "sum_abs", "max_abs"}
+        assert set(r) == {"strategy", "target", "exact", "prior", "discrepancy", "discrepancy_fraction", "sum_abs", "max_abs"}
         assert [Fraction(f) for f in r["discrepancy_fraction"]] == original.discrepancy
         assert r["discrepancy"] == [float(d) for d in original.discrepancy]  # unscaled
         np.testing.assert_allclose(np.array(data["original_prior"]) - np.array(r["prior"]), r["discrepancy"], atol=1e-15)
@@ -116,7 +117,7 @@ def test_json_schema_full_precision(demo_prior_store):
 def test_markdown_and_csv_layout(demo_prior_store):
     table = store_priors(open_store(demo_prior_store))
     markdown = render(table, "markdown", scale_factor=1e4).splitlines()
-    assert markdown[0].startswith("| strategy | scale | exact | sum\\|D\\| | max\\|D\\| | road | sidewalk |")
+    assert markdown[0].startswith("| strategy | target | exact | sum\\|D\\| | max\\|D\\| | road | sidewalk |")
     assert "| bilinear | 1/2 | exact | 0 | 0 | 0 |" in "\n".join(markdown)
     csv_rows = render(table, "csv", scale_factor=1).splitlines()
     nearest_eighth = csv_rows[1].split(",")
@@ -140,7 +141,7 @@ def test_cli_priors_plot_and_compare(demo_root, demo_prior_store, tmp_path):
                   "--split", "val", "--format", "json", "--jobs", "1")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["rows"]
-    assert [(r["strategy"], r["scale"]) for r in rows] == [("nearest", 0.25), ("area", 0.25)]
+    assert [(r["strategy"], r["target"]) for r in rows] == [("nearest", "0.25"), ("area", "0.25")]
     assert rows[1]["discrepancy_fraction"] == ["0"] * C
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from softprep.kernels import axis_weights, output_size
+from softprep.kernels import axis_weights
+from softprep.plan import parse_target
 from softprep.resample import soft_label
 from softprep.softlabel import EMPTY
 from tests.conftest import blobby_labels, one_hot
 
 
 def weights_for(kernel, shape, scale, antialias=False):
-    size = (output_size(shape[0], scale), output_size(shape[1], scale))
+    size = parse_target(scale).output_size(*shape)
     return axis_weights(kernel, shape[0], size[0], antialias), axis_weights(kernel, shape[1], size[1], antialias)
 
 

@@ -35,7 +35,7 @@ def pole_store(tmp_path_factory):
 
 def test_pole_vanishes_under_nn_but_not_under_area(pole_store):
     stats = split_stats(open_store(pole_store), jobs=1)
-    (scale,) = stats.scales
+    (scale,) = stats.targets
     # NN at 1/4 keeps columns 0, 4, 8, 12: the pole in column 3 is gone; area keeps 1/4 of column 0.
     assert scale.vanished_nn[POLE] == 1
     assert scale.vanished_soft[POLE] == 0
@@ -44,7 +44,7 @@ def test_pole_vanishes_under_nn_but_not_under_area(pole_store):
 
 
 def test_pixel_statistics_hand_computed(pole_store):
-    summary = split_stats(open_store(pole_store), jobs=2, batch_size=1).scales[0].summary()
+    summary = split_stats(open_store(pole_store), jobs=2, batch_size=1).targets[0].summary()
     # Image 0: output column 0 (4 pixels) holds road 3/4 + pole 1/4; image 1 splits on a block
     # boundary, so it is all single-class. 32 valid pixels, 4 of them multi-class.
     assert summary["valid_pixels"] == 32 and summary["pixels"] == 32
@@ -62,7 +62,7 @@ def test_cli_stats_text_and_json(pole_store):
     result = run("--format", "json", "--jobs", "1")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["scales"][0]["vanished_nn"][POLE] == 1
+    assert data["targets"][0]["vanished_nn"][POLE] == 1
     text = run("--jobs", "1").stdout
     assert "12.50%" in text  # MC pixels
     pole_line = next(line for line in text.splitlines() if line.startswith("pole"))

@@ -60,7 +60,8 @@ def test_sound_store_passes(sound_store, demo_root):
 
 def test_one_flipped_byte_is_named(store):
     ids = open_store(store).spec.splits["train"].ids
-    path, offset, nbytes = inner_chunk_bytes(store, f"train/{SCALE!r}/weights", image=5)
+    bucket = open_store(store).spec.splits["train"].buckets[5]
+    path, offset, nbytes = inner_chunk_bytes(store, f"train/{SCALE!r}/{bucket}/weights", image=5)
     data = bytearray(path.read_bytes())
     data[offset + nbytes // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -73,16 +74,20 @@ def test_one_flipped_byte_is_named(store):
 
 
 def test_tampered_statistic_is_named(store):
+    numerator = zarr.open_array(str(store / "train" / "0.5" / "mass_numerator"), mode="r+")
+    numerator[2, 0] = numerator[2, 0] + 1
     mass = zarr.open_array(str(store / "train" / "0.5" / "mass"), mode="r+")
-    mass[2, 0] = mass[2, 0] + 1
+    mass[3, 1] = mass[3, 1] + 0.25
     ids = open_store(store).spec.splits["train"].ids
     assert verify(store, jobs=1) == [
-        f"train/0.5: image {ids[2]} (#2): mass: recorded class masses differ from the stored soft label's (classes 0)"]
+        f"train/0.5: image {ids[2]} (#2): mass_numerator: recorded exact class masses differ from the stored soft label's (classes 0)",
+        f"train/0.5: image {ids[3]} (#3): mass: recorded class masses differ from the stored soft label's (classes 1)"]
 
 
 def test_missing_shard_and_unfinished_image(store):
     ids = open_store(store).spec.splits["val"].ids
-    shutil.rmtree(store / "val" / repr(SCALE) / "nn" / "c")
+    (bucket,) = set(open_store(store).spec.splits["val"].buckets)
+    shutil.rmtree(store / "val" / repr(SCALE) / bucket / "nn" / "c")
     done = zarr.open_array(str(store / "train" / "done"), mode="r+")
     done[0] = 0
     problems = verify(store, jobs=1)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from softprep.datasets.ade20k import ADE20K
 from softprep.datasets.base import Dataset, Sample
+from softprep.datasets.camvid import CamVid
 from softprep.datasets.cityscapes import Cityscapes
+from softprep.datasets.folder import Folder
+from softprep.datasets.mapillary import MapillaryVistas, MapillaryVistasV2
 from softprep.errors import SoftprepError
 
-DATASETS: dict[str, type[Dataset]] = {cls.name: cls for cls in (Cityscapes,)}
+DATASETS: dict[str, type[Dataset]] = {
+    cls.name: cls for cls in (Cityscapes, ADE20K, MapillaryVistas, MapillaryVistasV2, CamVid, Folder)
+}
 
 
 def get_dataset(name: str, root: str | Path) -> Dataset:

@@ -43,6 +43,8 @@ class Dataset:
     classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     ignore_index: int = IGNORE_INDEX
+    #: Splits built when ``--splits`` is not given (those found under the root).
+    default_splits: tuple[str, ...] = ("train", "val")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -54,7 +56,11 @@ class Dataset:
         return len(self.classes)
 
     def splits(self) -> list[str]:
-        """Splits found under the root, in canonical order."""
+        """Default splits found under the root, in canonical order."""
+        return [s for s in self.default_splits if self.has_split(s)]
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` exists under the root."""
         raise NotImplementedError
 
     def samples(self, split: str) -> list[Sample]:
@@ -67,7 +73,7 @@ class Dataset:
 
     def read_label(self, sample: Sample) -> np.ndarray:
         """``(H, W) uint8`` train ids in ``[0, C)``, ``ignore_index`` for unlabelled pixels."""
-        return self._label_to_train_ids(read_array(sample.label, mode=None), sample.label)
+        return self._label_to_train_ids(read_label_array(sample.label), sample.label)
 
     def read_pair(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         """Colour image and train-id label, checked to have the same size."""
@@ -117,6 +123,40 @@ def header_size(path: Path) -> tuple[int, int]:
         raise SoftprepError(f"{path}: cannot read image header ({error}); re-extract or remove the file") from None
 
 
+#: PIL modes a label map may have: 8-bit single channel (grey or palette indices), or 16-bit
+#: integers whose values all fit 8 bits.
+LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I")
+
+
+def read_label_array(path: Path) -> np.ndarray:
+    """``(H, W) uint8`` raw label values of a lossless single-channel label file.
+
+    Refused with one line: JPEG (lossy: compression invents values at every boundary),
+    multi-channel or 1-bit maps, and 16-bit maps with values above 255.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                raise SoftprepError(f"{path}: label map is a JPEG (lossy compression changes label values at "
+                                    "every boundary); use the dataset's PNG labels")
+            if im.mode not in LABEL_MODES:
+                raise SoftprepError(f"{path}: label map has PIL mode {im.mode!r}; expected a single-channel 8-bit "
+                                    "map of class values (mode L or P)")
+            raw = np.asarray(im)
+    except SoftprepError:
+        raise
+    except FileNotFoundError:
+        raise SoftprepError(f"{path}: file not found") from None
+    except Exception as error:
+        raise SoftprepError(f"{path}: cannot decode label map ({error}); the file is damaged, re-extract it") from None
+    if raw.dtype != np.uint8:
+        if raw.size and (raw.min() < 0 or raw.max() > 255):
+            raise SoftprepError(f"{path}: 16-bit label map with values up to {int(raw.max())}; "
+                                "at most 255 classes (values 0..255) are supported")
+        raw = raw.astype(np.uint8)
+    return raw
+
+
 def read_array(path: Path, mode: str | None) -> np.ndarray:
     """Decode an image file to an array (``mode``: PIL mode to convert to, or None to keep)."""
     try:
@@ -128,3 +168,39 @@ def read_array(path: Path, mode: str | None) -> np.ndarray:
         raise SoftprepError(f"{path}: file not found") from None
     except Exception as error:
         raise SoftprepError(f"{path}: cannot decode image ({error}); the file is damaged, re-extract it") from None
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def pair_by_stem(image_dir: Path, label_dir: Path, label_suffix: str = ".png",
+                 image_suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Sample]:
+    """Image/label pairs of two flat folders matched by file stem, sorted by id (the stem).
+
+    Raises:
+        SoftprepError: a folder is missing, an image has no label, or a label has no image
+            (one line naming the first such file).
+    """
+    for folder, what in ((image_dir, "image"), (label_dir, "label")):
+        if not folder.is_dir():
+            raise SoftprepError(f"{folder}: {what} folder not found; check --root")
+    images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in image_suffixes and p.is_file()}
+    labels = {p.name[: -len(label_suffix)]: p for p in sorted(label_dir.iterdir())
+              if p.name.endswith(label_suffix) and p.is_file()}
+    unlabelled = sorted(set(images) - set(labels))
+    if unlabelled:
+        raise SoftprepError(f"{images[unlabelled[0]]}: no label {label_dir / (unlabelled[0] + label_suffix)} "
+                            f"({len(unlabelled)} image(s) without a label); restore the labels or remove the images")
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise SoftprepError(f"{labels[orphans[0]]}: no image {orphans[0]}.* in {image_dir} "
+                            f"({len(orphans)} label(s) without an image); restore the images or remove the labels")
+    return [Sample(stem, images[stem], labels[stem]) for stem in sorted(images)]
+
+
+def lookup_table(table: dict[int, int]) -> np.ndarray:
+    """``(256,) int16`` raw value -> train id (255 = ignore), -1 for values not in ``table``."""
+    lut = np.full(256, -1, dtype=np.int16)
+    for raw, train in table.items():
+        lut[raw] = train
+    return lut

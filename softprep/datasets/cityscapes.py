@@ -1,5 +1,9 @@
 """Cityscapes: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with
-``gtFine/{split}/{city}/*_gtFine_labelIds.png`` (or ``*_labelTrainIds.png`` when present)."""
+``gtFine/{split}/{city}/*_gtFine_labelIds.png`` (or ``*_labelTrainIds.png`` when present).
+
+Only ``train`` and ``val`` are built by default: ``test`` has no labels and ``train_extra`` only
+coarse ones; name them with ``--splits`` to build them anyway.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import Dataset, Sample
+from softprep.datasets.base import Dataset, Sample, lookup_table
 from softprep.errors import SoftprepError
 
 #: The 19 evaluation classes, index = train id, with the official colours.
@@ -37,18 +41,10 @@ NAME_TO_LABEL_ID = {
 }
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
-SPLITS = ("train", "val", "test", "train_extra")
 
 
-def _lut(table: dict[int, int]) -> np.ndarray:
-    lut = np.full(256, -1, dtype=np.int16)
-    for raw, train in table.items():
-        lut[raw] = train
-    return lut
-
-
-_LABEL_ID_LUT = _lut(LABEL_ID_TO_TRAIN_ID)
-_TRAIN_ID_LUT = _lut({**{i: i for i in range(len(CLASSES))}, 255: 255})
+_LABEL_ID_LUT = lookup_table(LABEL_ID_TO_TRAIN_ID)
+_TRAIN_ID_LUT = lookup_table({**{i: i for i in range(len(CLASSES))}, 255: 255})
 
 
 class Cityscapes(Dataset):
@@ -56,8 +52,8 @@ class Cityscapes(Dataset):
     classes = tuple(name for name, _ in CLASSES)
     palette = tuple(colour for _, colour in CLASSES)
 
-    def splits(self) -> list[str]:
-        return [s for s in SPLITS if (self.root / "leftImg8bit" / s).is_dir()]
+    def has_split(self, split: str) -> bool:
+        return (self.root / "leftImg8bit" / split).is_dir()
 
     def samples(self, split: str) -> list[Sample]:
         image_dir = self.root / "leftImg8bit" / split

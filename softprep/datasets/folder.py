@@ -1,0 +1,92 @@
+"""Your own dataset: ``images/`` and ``masks/`` paired by file stem, and a class table.
+
+Layout under ``--root``::
+
+    classes.json            the class table (below)
+    images/[SPLIT/]NAME.jpg|.png
+    masks/[SPLIT/]NAME.png  single-channel 8-bit raw values
+
+With split subfolders (``images/train``, ``images/val``, ...) each is a split; without, all
+pairs form the split ``train``. ``classes.json``::
+
+    {"classes": [{"name": "road", "color": [128, 64, 128], "values": [1, 7]},
+                 {"name": "car",  "color": [0, 0, 142]}],
+     "ignore": [0, 255]}
+
+``values``: the raw mask values of that class (default: the class's position in the list).
+``ignore``: raw values that are unlabelled (default ``[255]``). A mask value in neither is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from softprep.datasets.base import Dataset, Sample, lookup_table, pair_by_stem
+from softprep.errors import SoftprepError
+
+CLASS_TABLE = "classes.json"
+FLAT_SPLIT = "train"
+
+
+def load_class_table(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...], dict[int, int]]:
+    """Class names, colours and the raw value -> train id table (255 = ignore) of a ``classes.json``."""
+    if not path.is_file():
+        raise SoftprepError(f"{path}: class table not found; write {CLASS_TABLE} as the README's 'Your own dataset' shows")
+    try:
+        table = json.loads(path.read_text())
+        entries = table["classes"]
+        names = tuple(str(entry["name"]) for entry in entries)
+        colours = tuple(tuple(int(v) for v in entry.get("color", (0, 0, 0))) for entry in entries)
+        mapping = {int(raw): 255 for raw in table.get("ignore", [255])}
+        for train_id, entry in enumerate(entries):
+            for raw in entry.get("values", [train_id]):
+                if int(raw) in mapping:
+                    raise ValueError(f"raw value {raw} is listed twice")
+                mapping[int(raw)] = train_id
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SoftprepError(f"{path}: bad class table ({type(error).__name__}: {error})") from None
+    if not names or len(names) > 254:
+        raise SoftprepError(f"{path}: needs 1 to 254 classes, found {len(names)}")
+    if any(not 0 <= raw <= 255 for raw in mapping) or any(len(c) != 3 for c in colours):
+        raise SoftprepError(f"{path}: raw values must be 0..255 and colours [r, g, b]")
+    return names, colours, mapping
+
+
+class Folder(Dataset):
+    name = "folder"
+
+    def __init__(self, root: str | Path):
+        super().__init__(root)
+        self.classes, self.palette, mapping = load_class_table(self.root / CLASS_TABLE)
+        self._lut = lookup_table(mapping)
+
+    @property
+    def _flat(self) -> bool:
+        images = self.root / "images"
+        return images.is_dir() and not any(p.is_dir() for p in images.iterdir())
+
+    def splits(self) -> list[str]:
+        if self._flat:
+            return [FLAT_SPLIT]
+        images = self.root / "images"
+        return sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+
+    def _folders(self, split: str) -> tuple[Path, Path]:
+        if self._flat and split == FLAT_SPLIT:
+            return self.root / "images", self.root / "masks"
+        return self.root / "images" / split, self.root / "masks" / split
+
+    def has_split(self, split: str) -> bool:
+        return all(folder.is_dir() for folder in self._folders(split))
+
+    def samples(self, split: str) -> list[Sample]:
+        if not self.has_split(split):
+            raise SoftprepError(f"{self._folders(split)[0]}: split folder not found; expected images/[SPLIT/] and "
+                                "masks/[SPLIT/] under --root")
+        return pair_by_stem(*self._folders(split))
+
+    def _label_to_train_ids(self, raw: np.ndarray, path) -> np.ndarray:
+        return self._map_ids(raw, self._lut, path)
