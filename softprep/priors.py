@@ -4,6 +4,13 @@
 ``p_d,c`` the share of soft-label mass of class ``c`` at resolution target ``d`` (for ``nearest``:
 the share of pixels); ``D_d,c = p_original,c - p_d,c``.
 
+Each image's mass at ``d`` counts with the weight its pixels have at full resolution: ``H W /
+(h w)`` source pixels per output pixel. For a split of one image size this is a constant, and
+the table is the paper's eq. 5 unchanged; for mixed sizes (or pixel targets such as
+``short512``, which shrink large images more than small ones) it keeps the comparison to the
+label change alone, not to a re-weighting of the images. An exact box filter (``area``) then
+gives ``D = 0`` exactly at every target.
+
 From a store, everything comes from recorded per-image numbers (``counts``, ``mass_numerator``
 over each image's own ``denominator``, ``nn_counts``): O(images x classes), no pixel pass. When
 every image's weights are exact integer numerators (mixed sizes included), ``D`` is computed with
@@ -54,18 +61,25 @@ class ClassMass:
     def exact(self) -> bool:
         return all(isinstance(v, Fraction) for v in self.total)
 
-    def add(self, mass: np.ndarray, denominator: int | None) -> None:
-        """Add one or more images' ``(C,)`` or ``(N, C)`` mass (numerators over ``denominator``)."""
+    def add(self, mass: np.ndarray, denominator: int | None, weight: Fraction = Fraction(1)) -> None:
+        """Add one or more images' ``(C,)`` or ``(N, C)`` mass (numerators over ``denominator``;
+        ``None``: float mass), each multiplied by ``weight``."""
         column_sums = np.asarray(mass).reshape(-1, len(self.total)).astype(object).sum(axis=0)  # Python ints: no overflow
         if denominator is None:
-            self.total = [float(t) + float(m) for t, m in zip(self.total, column_sums)]
+            self.total = [float(t) + float(m) * float(weight) for t, m in zip(self.total, column_sums)]
         else:
-            self.total = [t + Fraction(int(m), int(denominator)) for t, m in zip(self.total, column_sums)]
+            scale = Fraction(weight) / int(denominator)
+            self.total = [t + int(m) * scale for t, m in zip(self.total, column_sums)]
 
-    def add_images(self, numerators: np.ndarray, denominators: np.ndarray) -> None:
-        """Add ``(N, C) int`` per-image numerators over their own ``(N,)`` denominators (mixed sizes)."""
-        for denominator in np.unique(denominators):
-            self.add(numerators[denominators == denominator], int(denominator))
+    def add_images(self, mass: np.ndarray, denominators: np.ndarray | None, weights: list[Fraction]) -> None:
+        """Add ``(N, C)`` per-image masses: integer numerators over their own ``(N,)`` denominators
+        (``None``: float masses), image ``n`` multiplied by ``weights[n]``. Images sharing a
+        denominator and weight are summed first, so a split of one size costs one Fraction per class."""
+        keys = [(None if denominators is None else int(d), w) for d, w in
+                zip(denominators if denominators is not None else [None] * len(weights), weights)]
+        for key in dict.fromkeys(keys):
+            rows = [n for n, k in enumerate(keys) if k == key]
+            self.add(mass[rows], key[0], key[1])
 
     def shares(self) -> list[Number]:
         """``p_c``: each class's share of the total mass (0 everywhere for an empty total)."""
@@ -130,20 +144,27 @@ def store_priors(store: Store, split: str | None = None) -> PriorTable:
         raise SoftprepError(f"{store.path}: split {split!r} is not completely built; rerun `softprep build` to finish it")
     counts = store.counts(split).sum(axis=0)
     kernel = strategy_name(store.attrs["kernel"], store.attrs["antialias"])
+    full_sizes = store.spec.splits[split].sizes
     rows = []
     for target in store.targets:
         view = store.samples(split, target)
+        weights = [image_weight(full, out) for full, out in zip(full_sizes, view.sizes)]
         nn = ClassMass.zeros(len(counts))
-        nn.add(view.nn_counts(), 1)
+        nn.add_images(view.nn_counts(), np.ones(len(view), dtype=np.int64), weights)
         rows.append(prior_row("nearest", target, counts, nn))
         if kernel != "nearest":
             soft = ClassMass.zeros(len(counts))
             if view.exact:
-                soft.add_images(view.mass_numerator(), view.denominators)
+                soft.add_images(view.mass_numerator(), view.denominators, weights)
             else:
-                soft.add(view.mass(), None)
+                soft.add_images(view.mass(), None, weights)
             rows.append(prior_row(kernel, target, counts, soft))
     return PriorTable(split, store.classes, [int(c) for c in counts], rows)
+
+
+def image_weight(full_size, size) -> Fraction:
+    """Full-resolution pixels per output pixel of one image: ``H W / (h w)``."""
+    return Fraction(int(full_size[0]) * int(full_size[1]), int(size[0]) * int(size[1]))
 
 
 def _default_split(splits: Sequence[str]) -> str:
@@ -179,7 +200,7 @@ def tally_images(dataset: Dataset, samples: Iterable[Sample], kernels: Sequence[
             for kernel in kernels:
                 plan = resampling_plan(kernel, antialias, label.shape, target)
                 soft = soft_label(prepared, plan.rows, plan.cols)
-                tally.masses[kernel, target.name].add(soft.class_mass(), soft.denominator)
+                tally.masses[kernel, target.name].add(soft.class_mass(), soft.denominator, image_weight(label.shape, plan.size))
     return tally
 
 

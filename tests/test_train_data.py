@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from softprep import open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
+from softprep.plan import plan_for_size
 from softprep_train.data import IGNORE, Augment, StoreDataset, TrainSampler, axis_taps, collate, densify, finish_sample, taps_to_matrix, to_device
 
 
@@ -43,8 +44,9 @@ def test_geometry_equals_torch_interpolate_then_crop_and_flip():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.random((5, 20, 30)).astype(np.float32))
     out_h, out_w, crop = 13, 41, (8, 16)
-    rows = taps_to_matrix(*map(torch.from_numpy, axis_taps("bilinear", False, 20, out_h, 3, crop[0], False)[:2]), 20)
-    cols = taps_to_matrix(*map(torch.from_numpy, axis_taps("bilinear", False, 30, out_w, 20, crop[1], True)[:2]), 30)
+    plan = plan_for_size("bilinear", False, (20, 30), (out_h, out_w))
+    rows = taps_to_matrix(*map(torch.from_numpy, axis_taps(plan.rows, plan.nearest_rows, 3, crop[0], False)[:2]), 20)
+    cols = taps_to_matrix(*map(torch.from_numpy, axis_taps(plan.cols, plan.nearest_cols, 20, crop[1], True)[:2]), 30)
     ours = torch.einsum("yh,chw,xw->cyx", rows, x, cols)
     reference = F.interpolate(x[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
     reference = reference[:, 3:3 + crop[0], 20:20 + crop[1]].flip(-1)
@@ -53,7 +55,6 @@ def test_geometry_equals_torch_interpolate_then_crop_and_flip():
 
 def test_augmented_sample_pairs_colour_and_labels_and_pads_with_ignore(store):
     dataset = StoreDataset(store, "train", 0.25, Augment(crop=(24, 40)))
-    full_h, full_w = dataset.full_sizes[0]
     for seed in range(20):
         raw = dataset.raw(0, seed)
         item = finish_sample(raw, 19)
@@ -67,9 +68,10 @@ def test_augmented_sample_pairs_colour_and_labels_and_pads_with_ignore(store):
         assert (item["image"].numpy()[:, padding] == 0).all()
         # the soft label and the colour went through the same matrices
         assert raw["classes"].shape[1:] == raw["image"].shape[:2]
-    # a target of 0.25 * 0.5 reads from 0.25; 0.25 * 2 = 0.5 reads from 0.5; above every scale: the largest
-    assert dataset.source_scale(0.125) == 0.25 and dataset.source_scale(0.5) == 0.5 and dataset.source_scale(1.7) == 1.0
-    assert full_h == 64 and full_w == 128
+    # stored sizes of image 0: 16x32 at 0.25, 32x64 at 0.5, 64x128 at 1.0. A resize to 8x16 reads from
+    # 0.25; to 32x64 from 0.5; to 33x64 from 1.0; above every stored size: the largest
+    assert dataset.sizes["0.25"][0].tolist() == [16, 32]
+    assert [dataset.source_target(0, size) for size in ((8, 16), (32, 64), (33, 64), (100, 300))] == ["0.25", "0.5", "1.0", "1.0"]
 
 
 def test_worker_and_device_densify_agree(store):

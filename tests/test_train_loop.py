@@ -87,7 +87,7 @@ def test_eval_miou_equals_independent_confusion(store, demo_root, tmp_path):
     np.testing.assert_array_equal(report.confusion, confusion)
     assert report.miou == pytest.approx(iou.mean(), abs=1e-12)
     table = report.table().splitlines()
-    assert table[0].startswith("| model | scale | road | sidewalk |") and table[0].endswith("| mIoU |")
+    assert table[0].startswith("| model | target | road | sidewalk |") and table[0].endswith("| mIoU |")
     assert table[2].endswith(f"| {100 * iou.mean():.1f} |")
 
 
