@@ -27,6 +27,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_datasets.py
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_STORE) .pytest_cache

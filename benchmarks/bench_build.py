@@ -23,9 +23,9 @@ import zarr  # noqa: E402
 from softprep.build import build  # noqa: E402
 from softprep.datasets import get_dataset  # noqa: E402
 from softprep.info import disk_bytes  # noqa: E402
-from softprep.kernels import axis_weights, output_size  # noqa: E402
+from softprep.plan import resampling_plan  # noqa: E402
 from softprep.resample import prepare_label, soft_label  # noqa: E402
-from softprep.store import _codecs, open_store, scale_name  # noqa: E402
+from softprep.store import _codecs, open_store, target_name  # noqa: E402
 
 SCALES = (0.125, 0.25, 0.5)
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cityscapes-real"
@@ -59,9 +59,9 @@ def bench_compute(dataset, kernel: str) -> None:
     print(f"\n1. soft-label compute, {h}x{w} label map, kernel {kernel}, one core (best of 3)")
     print(f"   {'scale':>6} {'softprep':>10} {'torch one-hot+interp':>22} {'speed-up':>9}")
     for scale in SCALES:
-        size = (output_size(h, scale), output_size(w, scale))
-        wy, wx = axis_weights(kernel, h, size[0]), axis_weights(kernel, w, size[1])
-        ours = best_of(lambda: soft_label(prepare_label(label, c), wy, wx))
+        plan = resampling_plan(kernel, False, (h, w), scale)
+        size = plan.size
+        ours = best_of(lambda: soft_label(prepare_label(label, c), plan.rows, plan.cols))
 
         def peer():
             codes = torch.from_numpy(np.where(label == 255, c, label)).long()
@@ -98,11 +98,12 @@ def bench_size(store_path: Path, tmp: Path) -> None:
         soft = nn = pixels = 0
         dense_path = tmp / f"dense-{scale}.zarr"
         for split in store.splits:
-            group = store_path / split / scale_name(scale)
-            soft += sum(disk_bytes(group / name) for name in ("classes", "weights", "planes"))
-            nn += disk_bytes(group / "nn")
+            group = store_path / split / target_name(scale)
+            buckets = [group / b for b in store.spec.splits[split].members]
+            soft += sum(disk_bytes(b / name) for b in buckets for name in ("classes", "weights")) + disk_bytes(group / "planes")
+            nn += sum(disk_bytes(b / "nn") for b in buckets)
             view = store.samples(split, scale)
-            h, w = view.sizes[0]
+            h, w = (int(v) for v in view.sizes[0])
             pixels += len(view) * h * w
             dense = zarr.create_array(str(dense_path / split), shape=(len(view), c, h, w), chunks=(1, c, h, w),
                                       dtype="float16", fill_value=0, overwrite=True, **_codecs())

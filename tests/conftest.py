@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -51,4 +53,26 @@ def write_cityscapes(root: Path, labels: list[np.ndarray], split: str = "train",
         name = f"{city}_{i:06d}_000019"
         Image.fromarray(np.full((*label.shape, 3), 128, np.uint8)).save(image_dir / f"{name}_leftImg8bit.png")
         Image.fromarray(label.astype(np.uint8)).save(label_dir / f"{name}_gtFine_labelTrainIds.png")
+    return root
+
+
+def write_folder_dataset(root: Path, sizes, split_folders: bool) -> Path:
+    """A `folder`-adapter dataset: 3 classes (raw 1, 2 -> ground; 9 -> a 1-px wire; 3 -> sky; 0, 255 ignored)
+    of the given ``(H, W)`` sizes, alternating train/val when ``split_folders``."""
+    rng = np.random.default_rng(5)
+    table = {"classes": [{"name": "ground", "color": [10, 20, 30], "values": [1, 2]},
+                         {"name": "wire", "color": [200, 0, 0], "values": [9]},
+                         {"name": "sky", "color": [0, 0, 250], "values": [3]}],
+             "ignore": [0, 255]}
+    root.mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps(table))
+    for k, (h, w) in enumerate(sizes):
+        sub = (["train", "val"][k % 2],) if split_folders else ()
+        for folder in ("images", "masks"):
+            (root / folder).joinpath(*sub).mkdir(parents=True, exist_ok=True)
+        mask = rng.choice(np.array([0, 1, 2, 3, 3], np.uint8), size=(h, w))
+        mask[:, w // 3] = 9  # a 1-px wire
+        mask[: h // 4] = 255
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root.joinpath("images", *sub, f"img{k}.jpg"))
+        Image.fromarray(mask).save(root.joinpath("masks", *sub, f"img{k}.png"))
     return root

@@ -19,7 +19,7 @@ from softprep.build import build
 from softprep.datasets import get_dataset
 from softprep.priors import store_priors
 from softprep.verify import verify
-from tests.conftest import REAL, ROOT
+from tests.conftest import REAL, ROOT, write_folder_dataset
 
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 TARGETS = [0.125, 0.25, 0.5]
@@ -99,26 +99,6 @@ def test_camvid(tmp_path):
     assert [len(dataset.samples(s)) for s in dataset.splits()] == [367, 101]
     assert dataset.samples("val")[0].id == Path((root / "CamVid" / "val.txt").read_text().split()[0]).stem
     build_and_check("camvid", root, tmp_path / "c.zarr", {**{v: v for v in range(11)}, 11: 255}, splits=["val"])
-
-
-def write_folder_dataset(root: Path, sizes, split_folders: bool) -> Path:
-    rng = np.random.default_rng(5)
-    table = {"classes": [{"name": "ground", "color": [10, 20, 30], "values": [1, 2]},
-                         {"name": "wire", "color": [200, 0, 0], "values": [9]},
-                         {"name": "sky", "color": [0, 0, 250], "values": [3]}],
-             "ignore": [0, 255]}
-    root.mkdir(parents=True)
-    (root / "classes.json").write_text(json.dumps(table))
-    for k, (h, w) in enumerate(sizes):
-        sub = (["train", "val"][k % 2],) if split_folders else ()
-        for folder in ("images", "masks"):
-            (root / folder).joinpath(*sub).mkdir(parents=True, exist_ok=True)
-        mask = rng.choice(np.array([0, 1, 2, 3, 3], np.uint8), size=(h, w))
-        mask[:, w // 3] = 9  # a 1-px wire
-        mask[: h // 4] = 255
-        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root.joinpath("images", *sub, f"img{k}.jpg"))
-        Image.fromarray(mask).save(root.joinpath("masks", *sub, f"img{k}.png"))
-    return root
 
 
 def test_folder_dataset_flat_and_with_splits(tmp_path):

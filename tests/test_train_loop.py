@@ -18,7 +18,9 @@ from PIL import Image
 from softprep import open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
+from tests.conftest import write_folder_dataset
 from softprep_train.evaluate import evaluate
+from softprep_train.predict import predict_folder
 from softprep_train.models import build_model
 from softprep_train.train import IMAGENET_MEAN, IMAGENET_STD, TrainConfig, fit
 
@@ -158,3 +160,24 @@ def test_resume_with_other_settings_is_refused(store, tmp_path):
     fit(TrainConfig(store=store, out=str(tmp_path / "r"), iters=4, stop_at=1, **TINY), progress=False)
     with pytest.raises(SoftprepError, match=r"cannot resume with other settings \(lr: checkpoint has 0.05, asked 0.1\)"):
         fit(TrainConfig(store=store, out=str(tmp_path / "r"), iters=4, resume=True, **{**TINY, "lr": 0.1}), progress=False)
+
+
+def test_fit_eval_predict_on_a_mixed_size_dataset(tmp_path):
+    root = write_folder_dataset(tmp_path / "mine", [(40, 64), (33, 50), (64, 64), (48, 36), (30, 70), (52, 40)],
+                                split_folders=True)
+    out = tmp_path / "mixed.zarr"
+    build(get_dataset("folder", root), out, ["short16", "short32"], kernel="area", jobs=1)
+    run = tmp_path / "run"
+    summary = fit(TrainConfig(store=str(out), out=str(run), iters=3, **{**TINY, "scale": "short16", "batch_size": 2}),
+                  progress=False)
+    assert summary["iterations"] == 3
+    state = torch.load(run / "last.pt", weights_only=True)
+    sizes = open_store(out).samples("train", "short16").sizes
+    assert state["crop"] == sizes.min(axis=0).tolist() and state["num_classes"] == 3
+    report = evaluate(run / "last.pt", out, "val", root=root, progress=False)
+    dataset = get_dataset("folder", root)
+    labelled = sum(int((dataset.read_label(s) != 255).sum()) for s in dataset.samples("val"))
+    assert report.confusion.shape == (3, 3) and report.confusion.sum() == labelled  # each image at its own size
+    written = predict_folder(run / "last.pt", root / "images" / "val", tmp_path / "pred", progress=False)
+    for path, sample in zip(written, dataset.samples("val")):
+        assert Image.open(path).size == Image.open(sample.image).size
