@@ -8,12 +8,12 @@ same shard file; the parent alone writes the per-image records and ``done`` mark
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-import zarr
 
 from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
@@ -22,9 +22,13 @@ from softprep.parallel import run_tasks
 from softprep.plan import ResamplingPlan, Target, parse_targets
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
 from softprep.store import (
-    DEFAULT_SHARD_SIZE, SampleRecords, SampleResult, SplitSpec, StoreSpec, Task, TargetResult, create_store, delete_store, open_store,
-    remove_partial_files, write_records, write_shard,
+    DEFAULT_SHARD_SIZE, SampleRecords, SampleResult, SplitSpec, StoreSpec, Task, TargetResult, create_store_atomically,
+    delete_store, mark_complete, open_store, remove_partial_files, store_lock, write_records, write_shard,
 )
+
+#: Largest image, and largest sum of one image's outputs over all targets, a build accepts (pixels):
+#: about 1 GiB of worker memory (a 24 MP image at 0.125 0.25 0.5 peaks at 0.8 GiB). ``--max-pixels``.
+DEFAULT_MAX_PIXELS = 32_000_000
 
 
 
@@ -49,8 +53,13 @@ def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans
 
 
 def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable[Target | str | float], kernel: str,
-               antialias: bool, shard_size: int = DEFAULT_SHARD_SIZE) -> StoreSpec:
-    """List every pair and its size (from file headers) into a :class:`StoreSpec`."""
+               antialias: bool, shard_size: int = DEFAULT_SHARD_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> StoreSpec:
+    """List every pair and its size (from file headers) into a :class:`StoreSpec`.
+
+    Raises:
+        SoftprepError: no pairs, an unreadable folder, two images with one id, or an image (or its
+            outputs) over ``max_pixels`` (one line naming the file).
+    """
     if kernel not in KERNELS:
         raise SoftprepError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     targets = parse_targets(targets)
@@ -64,39 +73,81 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
     spec = StoreSpec(dataset.name, list(dataset.classes), [list(c) for c in dataset.palette],
                      dataset.ignore_index, kernel, antialias, [t.name for t in targets], shard_size)
     for split in splits:
-        samples = dataset.samples(split)
+        try:
+            samples = dataset.samples(split)
+        except OSError as error:
+            raise SoftprepError(f"{error.filename or dataset.root}: cannot list the {split} split ({error.strerror}); "
+                                "check the folder's permissions") from None
         if not samples:
             raise SoftprepError(f"{dataset.root}: split {split!r} has no image/label pairs; check --root and --splits")
+        _refuse_duplicate_ids(samples)
         spec.splits[split] = SplitSpec(
             ids=[s.id for s in samples],
             images=[str(s.image.relative_to(dataset.root)) for s in samples],
             labels=[str(s.label.relative_to(dataset.root)) for s in samples],
             sizes=[list(dataset.size(s)) for s in samples],
         )
-    for split in spec.splits:  # every plan once now: an impossible size fails before any work
-        for i in range(len(spec.splits[split].ids)):
-            for target in spec.targets:
-                spec.plan(split, i, target)
+    for split, split_spec in spec.splits.items():  # every plan once now: an impossible size fails before any work
+        for i, (height, width) in enumerate(split_spec.sizes):
+            where = dataset.root / split_spec.images[i]
+            if height * width > max_pixels:
+                raise SoftprepError(f"{where}: {width}x{height} is {height * width / 1e6:.1f} megapixels, over the "
+                                    f"--max-pixels limit of {max_pixels / 1e6:g} (about 1 GiB per worker); raise "
+                                    "--max-pixels if each worker has the memory, or remove the file")
+            plans = [spec.plan(split, i, target) for target in spec.targets]
+            outputs = sum(p.size[0] * p.size[1] for p in plans)
+            if outputs > max_pixels:
+                sizes = ", ".join(f"{t} -> {p.size[1]}x{p.size[0]}" for t, p in zip(spec.targets, plans))
+                raise SoftprepError(f"{where}: its outputs ({sizes}, WxH) total {outputs / 1e6:.1f} megapixels, over the "
+                                    f"--max-pixels limit of {max_pixels / 1e6:g}; use smaller targets")
     return spec
 
 
-def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task) -> tuple[str, list[SampleRecords]]:
-    """Compute and write one shard's pixels; returns its split and the records of its images."""
+def _refuse_duplicate_ids(samples: list[Sample]) -> None:
+    seen: dict[str, Sample] = {}
+    for sample in samples:
+        if sample.id in seen:
+            raise SoftprepError(f"{sample.image}: same id {sample.id!r} as {seen[sample.id].image} (a duplicated or "
+                                "symlinked folder?); remove one of them")
+        seen[sample.id] = sample
+
+
+def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,
+                builder_pid: int | None = None) -> tuple[str, list[SampleRecords]]:
+    """Compute and write one shard's pixels; returns its split and the records of its images.
+
+    ``builder_pid``: the process that runs the build. A worker whose builder died stops before the
+    next image and never writes (the build's lock died with the builder).
+    """
     split_spec = spec.splits[task.split]
     results = []
     for i in task.indices:
+        _stop_if_orphaned(builder_pid)
         sample = stored_sample(dataset, split_spec, i)
         image, label = dataset.read_pair(sample)
         if [*label.shape] != list(split_spec.sizes[i]):
             raise SoftprepError(f"{sample.label}: size changed since the build was planned; restart with --overwrite")
         results.append(process_sample(dataset, image, label, {t: spec.plan(task.split, i, t) for t in spec.targets}))
+    _stop_if_orphaned(builder_pid)
     write_shard(store_path, spec, task, results)
     return task.split, [SampleRecords.of(i, r) for i, r in zip(task.indices, results)]
 
 
+def _stop_if_orphaned(builder_pid: int | None) -> None:
+    if builder_pid is not None and os.getpid() != builder_pid and os.getppid() != builder_pid:
+        os._exit(1)  # the builder is gone: leave its shard unwritten (not done), a rerun redoes it
+
+
 def stored_sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:
-    """The :class:`Sample` (paths under ``dataset.root``) of image ``i`` of a planned split."""
-    return Sample(split_spec.ids[i], dataset.root / split_spec.images[i], dataset.root / split_spec.labels[i])
+    """The :class:`Sample` of image ``i`` of a planned split: paths recorded in a store, opened only
+    inside ``dataset.root`` (a path that climbs out of it is refused)."""
+    paths = []
+    for relative in (split_spec.images[i], split_spec.labels[i]):
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise SoftprepError(f"{dataset.root}: the store records the path {relative!r}, outside the dataset root; "
+                                "refusing to open it (the store's attributes are damaged or crafted)")
+        paths.append(dataset.root / relative)
+    return Sample(split_spec.ids[i], *paths)
 
 
 def build(
@@ -110,6 +161,7 @@ def build(
     overwrite: bool = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> dict:
     """Build (or resume) a store at ``out``.
 
@@ -117,24 +169,37 @@ def build(
         targets: resolutions: factors (``0.125``) and/or names (``"short512"``, ``"fit512x1024"``).
         jobs: worker processes (``None``: all cores; 1: in-process).
         overwrite: delete an existing store at ``out`` first.
+        max_pixels: refuse images (or one image's outputs summed) larger than this.
         progress: called as ``progress(images_done_now, images_total)`` after each shard.
 
     Returns:
         ``{"built": images written now, "skipped": images already done, "total": all images}``.
 
     Raises:
-        SoftprepError: bad input (the finished shards stay in the store) or a store made
-            with other settings at ``out`` (unless ``overwrite``).
+        SoftprepError: bad input (the finished shards stay in the store), a store made with other
+            settings at ``out`` (unless ``overwrite``), another build on ``out``, a full disk or
+            a folder that cannot be written (one line each; rerun the same command to resume).
     """
     out = Path(out)
-    spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size)
+    spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels)
+    with store_lock(out):
+        try:
+            return _build_locked(dataset, out, spec, jobs, overwrite, progress)
+        except OSError as error:
+            where = error.filename or out
+            raise SoftprepError(f"{where}: {error.strerror or error} while building {out}; fix that (free space, "
+                                "permissions), then rerun the same command to resume") from None
+
+
+def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None, overwrite: bool,
+                  progress: Callable[[int, int], None] | None) -> dict:
     if overwrite:
         delete_store(out)
     if out.exists():
         _check_resumable(out, spec)
         remove_partial_files(out)
     else:
-        create_store(out, spec)
+        create_store_atomically(out, spec)
 
     store = open_store(out)
     todo, skipped = [], 0
@@ -150,14 +215,13 @@ def build(
         progress(skipped, total)
 
     built = 0
-    calls = [(str(out), dataset, spec, task) for task in todo]
+    calls = [(str(out), dataset, spec, task, os.getpid()) for task in todo]
     for split, records in run_tasks(build_shard, calls, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
         write_records(out, split, records)
         built += len(records)
         if progress:
             progress(len(records), total)
-    root = zarr.open_group(str(out), mode="r+")
-    root.attrs["softprep"] = spec.root_attrs(complete=True)
+    mark_complete(out, spec)
     return {"built": built, "skipped": skipped, "total": total}
 
 
@@ -165,7 +229,9 @@ def _check_resumable(out: Path, spec: StoreSpec) -> None:
     """Refuse to touch a store made with other settings."""
     try:
         existing = open_store(out).spec
-    except SoftprepError:
+    except SoftprepError as error:
+        if "store format" in str(error):
+            raise
         raise SoftprepError(f"{out}: exists and is not a softprep store; choose another --out or pass --overwrite") from None
     mine, theirs = asdict(spec), asdict(existing)
     differing = [key for key in mine if mine[key] != theirs[key]]

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from softprep import __version__
 from softprep.errors import SoftprepError
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
+from softprep.build import DEFAULT_MAX_PIXELS
 from softprep.store import DEFAULT_SHARD_SIZE
 
 
@@ -140,7 +141,9 @@ def _kernel_choice():
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
 @click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, help="Most images per shard file (the resume unit); large images get fewer.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing store at --out and start again.")
-def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits, jobs, shard_size, overwrite):
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
+              help="Refuse images (or one image's outputs over all targets) above this many pixels: ~1 GiB per worker.")
+def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits, jobs, shard_size, overwrite, max_pixels):
     """Build a store: every image of every split at every target resolution, resumably.
 
     Rerunning an interrupted build finishes it; a store made with other settings is refused
@@ -156,7 +159,7 @@ def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits
     bar, progress = _progress_bar("build")
     try:
         result = run_build(adapter, out, targets, kernel, antialias, list(_split_args(splits, str)) or None,
-                           jobs, overwrite, shard_size, progress)
+                           jobs, overwrite, shard_size, progress, max_pixels)
     finally:
         bar.close()
     click.echo(f"{out}: {result['built']} images built, {result['skipped']} already done, {result['total']} in all; complete")

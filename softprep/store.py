@@ -28,7 +28,12 @@ written by the build's parent process only, ``done`` last.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -313,6 +318,83 @@ def write_records(path: str | Path, split: str, records: list[SampleRecords]) ->
     group["done"].oindex[index] = 1
 
 
+def attrs_digest(root) -> str:
+    """sha256 of every attribute that describes the content (root minus ``complete`` and the digest
+    itself, every split, target and bucket group): metadata damage shows as a different digest."""
+    digest = hashlib.sha256()
+    for path, group in sorted(_groups(root), key=lambda item: item[0]):
+        attrs = dict(group.attrs)
+        if path == "":
+            attrs = {k: v for k, v in attrs["softprep"].items() if k not in ("complete", "attrs_sha256")}
+        digest.update(path.encode() + b"\0" + json.dumps(attrs, sort_keys=True).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _groups(root) -> list:
+    out, todo = [], [("", root)]
+    while todo:
+        path, group = todo.pop()
+        out.append((path, group))
+        todo += [(f"{path}/{name}".lstrip("/"), child) for name, child in group.groups()]
+    return out
+
+
+def mark_complete(path: str | Path, spec: StoreSpec) -> None:
+    """Set ``complete`` with the digest of the store's attributes (written last)."""
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs["softprep"] = {**spec.root_attrs(complete=True), "attrs_sha256": attrs_digest(root)}
+
+
+@contextlib.contextmanager
+def store_lock(path: str | Path):
+    """Hold the write lock of the store at ``path`` (a lock file beside it; released when the
+    process ends, however it ends).
+
+    Raises:
+        SoftprepError: another process holds it (one line with its pid).
+    """
+    path = Path(path)
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        handle = open(lock_path, "a+")
+    except OSError as error:
+        raise SoftprepError(f"{path}: cannot create the lock file {lock_path} ({error.strerror}); "
+                            "choose an --out in a folder you can write to") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise SoftprepError(f"{path}: another softprep build (pid {holder}) is writing this store; wait for it "
+                            "to finish or stop it, then rerun") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def creating_path(path: str | Path) -> Path:
+    """Where a store is created before it is renamed to ``path`` in one step."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.creating")
+
+
+def create_store_atomically(path: str | Path, spec: StoreSpec) -> None:
+    """Create the store in :func:`creating_path` and rename it to ``path``: an interruption at any
+    point leaves either no store or a complete empty one (a leftover is removed by the next try)."""
+    temp = creating_path(path)
+    if temp.exists():
+        shutil.rmtree(temp)
+    create_store(temp, spec)
+    os.rename(temp, path)
+
+
 def remove_partial_files(path: str | Path) -> int:
     """Delete temporary files a killed writer left behind; returns how many."""
     partial = list(Path(path).rglob("*.partial"))
@@ -322,11 +404,22 @@ def remove_partial_files(path: str | Path) -> int:
 
 
 def delete_store(path: str | Path) -> None:
+    """Delete a store (or an empty folder) at ``path``; anything else is refused."""
     path = Path(path)
-    if path.exists():
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+    elif path.exists():
         if not (path / "zarr.json").is_file():
             raise SoftprepError(f"{path}: exists and is not a zarr store; refusing to delete it, choose another --out")
         shutil.rmtree(path)
+    if creating_path(path).exists():
+        shutil.rmtree(creating_path(path))
+
+
+def shard_file(array, position: int, store_path: str | Path) -> Path:
+    """The file holding bucket position ``position`` of a sharded per-image array (local stores)."""
+    coords = (position // array.shards[0],) + (0,) * (array.ndim - 1)
+    return Path(store_path) / array.path / array.metadata.encode_chunk_key(coords)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -459,7 +552,12 @@ class TargetView:
 
 
 class StoredSample:
-    """One image of a :class:`TargetView`; arrays are read on access."""
+    """One image of a :class:`TargetView`; arrays are read on access.
+
+    Every read first checks that the image is marked done and its shard files exist, and turns a
+    decode or checksum failure into a one-line :class:`SoftprepError` naming split, target and image:
+    a reader never returns the zeros of data that is missing, unfinished or being rebuilt.
+    """
 
     def __init__(self, view: TargetView, index: int):
         self.view, self.index = view, index
@@ -468,18 +566,39 @@ class StoredSample:
         self.position = view.positions[index]
 
     @property
+    def where(self) -> str:
+        return f"{self.view.store.path}: {self.view.split}/{self.view.target}: image {self.id} (#{self.index})"
+
+    def _read(self, name: str, planes: int | None = None) -> np.ndarray:
+        """The ``name`` array of this image (first ``planes`` slots), cropped to its size."""
+        h, w = self.shape
+        try:
+            if not self.view.store.root[self.view.split]["done"][self.index]:
+                raise SoftprepError(f"{self.where}: not built (its shard is unfinished, or being rebuilt); "
+                                    "finish the store with `softprep build`")
+            array = self.view.bucket(self.index)[name]
+            if not shard_file(array, self.position, self.view.store.path).is_file():
+                raise SoftprepError(f"{self.where}: the {name} shard file is missing; rebuild the store "
+                                    "(softprep build ... --overwrite) or restore the file")
+            if planes is None:
+                return array[self.position, :h, :w]
+            return array[self.position, :planes, :h, :w]
+        except SoftprepError:
+            raise
+        except Exception as error:  # noqa: BLE001 - zstd/crc32c failures, missing metadata: name the image
+            text = str(error).splitlines()[0] if str(error) else ""
+            raise SoftprepError(f"{self.where}: {name} cannot be read ({type(error).__name__}: {text[:120]}); "
+                                "run `softprep verify` and rebuild damaged stores") from None
+
+    @property
     def image(self) -> np.ndarray:
         """``(h, w, 3) uint8`` colour image."""
-        h, w = self.shape
-        return self.view.bucket(self.index)["image"][self.position, :h, :w]
+        return self._read("image")
 
     def soft_label(self) -> SoftLabel:
         """The sparse :class:`SoftLabel` as stored."""
-        h, w = self.shape
-        bucket = self.view.bucket(self.index)
         k = max(1, int(self.view.group["planes"][self.index]))
-        classes = bucket["classes"][self.position, :k, :h, :w]
-        weights = bucket["weights"][self.position, :k, :h, :w]
+        classes, weights = self._read("classes", k), self._read("weights", k)
         denominator = int(self.view.denominators[self.index]) if weights.dtype.kind == "u" else None
         return SoftLabel(classes, weights, len(self.view.store.classes), denominator)
 
@@ -494,5 +613,4 @@ class StoredSample:
 
     def nn(self) -> np.ndarray:
         """``(h, w) uint8`` nearest-neighbour train ids (255 = ignore), the usual baseline label."""
-        h, w = self.shape
-        return self.view.bucket(self.index)["nn"][self.position, :h, :w]
+        return self._read("nn")

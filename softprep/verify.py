@@ -1,7 +1,8 @@
 """``softprep verify``: read every chunk and re-derive every recorded statistic.
 
 Checks, per split:
-  * the store is marked complete and every image's shard is written (``done``) and on disk;
+  * the store is marked complete, its attributes hash to the digest recorded when it was completed,
+    and every image's shard is written (``done``) and on disk;
   * every chunk of every array decodes (zstd + crc32c: a flipped byte fails here);
   * per image and target: recorded ``sizes`` and ``denominator`` equal the resampling plan's; slot classes are train ids or empty, empty slots weigh 0, weights lie
     in [0, 1] (numerators in [0, denominator]), slots are sorted by weight, ``planes`` covers
@@ -25,7 +26,7 @@ from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label
 from softprep.softlabel import EMPTY, SoftLabel
-from softprep.store import Store, TargetView, open_store
+from softprep.store import Store, TargetView, attrs_digest, open_store, shard_file
 
 SAMPLE_ARRAYS = ("image", "classes", "weights", "nn")
 RECORD_ARRAYS = ("sizes", "denominator", "planes", "mass", "mass_numerator", "nn_counts")
@@ -41,6 +42,7 @@ def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = 
     """
     store = open_store(path)
     problems = [] if store.complete else [f"{store.path}: build not finished (rerun the same `softprep build`)"]
+    problems += _check_attributes(store)
     if root is not None:
         get_dataset(store.attrs["dataset"], root)  # a clear error now, not one per image
     total = sum(len(store.spec.splits[s].ids) for s in store.splits)
@@ -54,6 +56,21 @@ def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = 
         if progress:
             progress(images, total)
     return problems
+
+
+def _check_attributes(store: Store) -> list[str]:
+    """The attributes (classes, ids, paths, sizes, targets, ...) are those the build finished with."""
+    recorded = store.attrs.get("attrs_sha256")
+    if not store.complete or recorded is None:
+        return []
+    try:
+        digest = attrs_digest(store.root)
+    except Exception as error:  # noqa: BLE001 - a group whose metadata cannot be read is a finding
+        return [f"{store.path}: attributes cannot be read ({_why(error)})"]
+    if digest != recorded:
+        return [f"{store.path}: attributes differ from those recorded when the build finished (class names, ids, "
+                "paths or sizes were changed); rebuild the store with --overwrite"]
+    return []
 
 
 def _check_split_records(store: Store, split: str) -> list[str]:
@@ -71,16 +88,24 @@ def _check_split_records(store: Store, split: str) -> list[str]:
 
 
 def _decode_all(store: Store, array_path: str, split: str) -> list[str]:
-    """Decode a per-image record array chunk by chunk; one line per chunk that fails."""
-    array = store.root[array_path]
+    """Decode a per-image record array chunk by chunk; one line per chunk that is missing or fails."""
+    try:
+        array = store.root[array_path]
+    except Exception as error:  # noqa: BLE001 - broken metadata is a finding, not a crash
+        return [f"{array_path}: array cannot be opened ({_why(error)})"]
     step, problems = array.chunks[0] or 1, []
     ids = store.spec.splits[split].ids
     for start in range(0, array.shape[0], step):
+        stop = min(start + step, array.shape[0])
+        where = f"{array_path}: images {ids[start]}..{ids[stop - 1]} (#{start}-{stop - 1})"
+        key = array.metadata.encode_chunk_key((start // step,) + (0,) * (array.ndim - 1))
+        if not (store.path / array.path / key).is_file():
+            problems.append(f"{where}: chunk file {key} missing")
+            continue
         try:
             array[start:start + step]
         except Exception as error:  # noqa: BLE001 - any decode failure is a finding
-            stop = min(start + step, array.shape[0])
-            problems.append(f"{array_path}: images {ids[start]}..{ids[stop - 1]} (#{start}-{stop - 1}): cannot be read ({_why(error)})")
+            problems.append(f"{where}: cannot be read ({_why(error)})")
     return problems
 
 
@@ -100,7 +125,11 @@ def check_images(store_path: str, split: str, indices: range, root: str | Path |
         label = _check_counts(store, dataset, split, i, problems) if dataset is not None else None
         for view in views:
             where = f"{split}/{view.target}: image {view.ids[i]} (#{i})"
-            soft, found = _read_sample(store, view, i)
+            try:
+                soft, found = _read_sample(store, view, i)
+            except Exception as error:  # noqa: BLE001 - e.g. a bucket array whose zarr.json is broken
+                problems.append(f"{where}: cannot be read ({_why(error)})")
+                continue
             problems += [f"{where}: {p}" for p in found]
             if label is not None and soft is not None:
                 problems += [f"{where}: {p}" for p in _check_valid_fraction(store, split, i, view.target, label, soft)]
@@ -118,7 +147,7 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
     bucket, position = view.bucket(i), view.positions[i]
     for name in SAMPLE_ARRAYS:
         array = bucket[name]
-        if not _shard_file(array, position, store.path).is_file():
+        if not shard_file(array, position, store.path).is_file():
             problems.append(f"{name} shard file missing")
             continue
         try:
@@ -202,12 +231,6 @@ def _check_valid_fraction(store: Store, split: str, i: int, target: str, label: 
 def _pixel_sums(soft: SoftLabel) -> np.ndarray:
     """``(H', W')`` weight per pixel: ``int64`` numerators when exact (no rounding), else ``float64``."""
     return soft.weights.sum(axis=0, dtype=np.int64 if soft.exact else np.float64)
-
-
-def _shard_file(array, position: int, store_path: Path) -> Path:
-    """The file holding bucket position ``position`` of a sharded per-image array (local stores)."""
-    coords = (position // array.shards[0],) + (0,) * (array.ndim - 1)
-    return Path(store_path) / array.path / array.metadata.encode_chunk_key(coords)
 
 
 def _differing(a: np.ndarray, b: np.ndarray) -> str:

@@ -23,6 +23,7 @@ from softprep.errors import SoftprepError
 from softprep.plan import parse_target
 from softprep.store import Store, open_store
 from softprep_train.data import IGNORE
+from softprep_train.checkpoint import load_checkpoint_state
 from softprep_train.models import build_model
 from softprep_train.train import normalise
 
@@ -98,10 +99,7 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, mode: str, windo
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The model of a checkpoint (eval mode, on ``device``) and the checkpoint dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise SoftprepError(f"{path}: checkpoint not found")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_checkpoint_state(path, device)
     model = build_model(state["config"]["model"], state["num_classes"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state

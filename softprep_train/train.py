@@ -26,6 +26,7 @@ from softprep.errors import SoftprepError
 from softprep.plan import parse_target
 from softprep.store import open_store
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
+from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
 from softprep_train.losses import ce_nn_loss, kl_loss
 from softprep_train.models import build_model
 
@@ -91,15 +92,8 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically: a temp file beside ``path``, then rename (a crash leaves the old one)."""
-    temp = path.with_suffix(path.suffix + ".partial")
-    torch.save(payload, temp)
-    os.replace(temp, path)
-
-
 #: Settings a resumed run may change: they do not alter what is computed.
-FREE_ON_RESUME = {"resume", "stop_at", "workers", "log_every", "checkpoint_every", "device", "densify"}
+FREE_ON_RESUME = {"resume", "stop_at", "workers", "log_every", "checkpoint_every", "device", "densify", "out"}
 
 
 def _check_same_run(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -118,6 +112,7 @@ def _plain(value):
 def fit(config: TrainConfig, progress: bool = True) -> dict:
     """Train; returns the summary that is also written to ``out/summary.json``."""
     config.scale = parse_target(config.scale).name
+    config.store = str(Path(config.store).resolve())  # the same store by any path compares equal on --resume
     # --- distributed set-up (torchrun sets these variables) ---
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -155,7 +150,7 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
     if config.resume:
         if not last.is_file():
             raise SoftprepError(f"{last}: no checkpoint to resume from; drop --resume to start a new run")
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = load_checkpoint_state(last, device)
         _check_same_run(config, state["config"], last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -242,4 +237,4 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
     return summary
 
 
-__all__ = ["TrainConfig", "fit", "lr_at", "save_checkpoint", "weights_digest"]
+__all__ = ["TrainConfig", "fit", "lr_at", "weights_digest"]

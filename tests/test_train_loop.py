@@ -19,6 +19,7 @@ from softprep import open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
 from tests.conftest import write_folder_dataset
+from softprep_train.checkpoint import load_checkpoint_state
 from softprep_train.evaluate import evaluate
 from softprep_train.predict import predict_folder
 from softprep_train.models import build_model
@@ -67,7 +68,7 @@ def test_eval_miou_equals_independent_confusion(store, demo_root, tmp_path):
     fit(TrainConfig(store=store, out=str(tmp_path / "run"), iters=10, **TINY), progress=False)
     report = evaluate(tmp_path / "run" / "last.pt", store, "val", root=demo_root, device="cpu", progress=False)
 
-    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    state = load_checkpoint_state(tmp_path / "run" / "last.pt")
     model = build_model("hrnetv2_w18_small", 19)
     model.load_state_dict(state["model"])
     model.eval()
@@ -171,7 +172,7 @@ def test_fit_eval_predict_on_a_mixed_size_dataset(tmp_path):
     summary = fit(TrainConfig(store=str(out), out=str(run), iters=3, **{**TINY, "scale": "short16", "batch_size": 2}),
                   progress=False)
     assert summary["iterations"] == 3
-    state = torch.load(run / "last.pt", weights_only=True)
+    state = load_checkpoint_state(run / "last.pt")
     sizes = open_store(out).samples("train", "short16").sizes
     assert state["crop"] == sizes.min(axis=0).tolist() and state["num_classes"] == 3
     report = evaluate(run / "last.pt", out, "val", root=root, progress=False)

@@ -63,6 +63,12 @@ class Cityscapes(Dataset):
         for image in sorted(image_dir.glob(f"*/*{IMAGE_SUFFIX}")):
             sample_id = image.name[: -len(IMAGE_SUFFIX)]
             samples.append(Sample(sample_id, image, self._label_path(split, image.parent.name, sample_id)))
+        ids = {s.id for s in samples}
+        suffix = "_gtFine_labelIds.png"
+        for label in sorted((self.root / "gtFine" / split).glob(f"*/*{suffix}")):
+            if label.name[: -len(suffix)] not in ids:
+                raise SoftprepError(f"{label}: no image {image_dir / label.parent.name / (label.name[: -len(suffix)] + IMAGE_SUFFIX)}; "
+                                    "restore the image or remove the label")
         return samples
 
     def _label_path(self, split: str, city: str, sample_id: str) -> Path:

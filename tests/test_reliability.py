@@ -1,0 +1,348 @@
+"""Never lose or corrupt data, never run a stranger's code: kills at random moments of store
+creation and of the shard phase, a store lock, readers that refuse missing or unfinished data,
+checkpoints that cannot run code and carry a checksum, metadata damage found by verify, and
+one-line errors for bad input and full disks."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+from PIL import Image
+
+from softprep import SoftprepError, open_store
+from softprep.build import build, stored_sample
+from softprep.datasets import get_dataset
+from softprep.demo import make_demo
+from softprep.store import SplitSpec, creating_path, shard_file, store_lock
+from softprep.verify import verify
+
+KILLS = 8
+
+
+def softprep(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softprep.cli", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(("softprep: error: ", "softprep-train: error: ")), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def same_files(a: Path, b: Path) -> None:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_demo(tmp_path_factory.mktemp("torture") / "data", train=8, val=3, size=(64, 128), seed=5)
+
+
+def build_args(data: Path, out: Path) -> list:
+    return ["build", "--root", data, "--out", out, "--scales", "0.25", "0.5", "short20", "fit24x24",
+            "--shard-size", "1", "--jobs", "2"]
+
+
+def watch_phases(args: list) -> tuple[float, float]:
+    """Run a build; return how long store creation took and how long the shard phase took (s)."""
+    out = Path(args[args.index("--out") + 1])
+    process = subprocess.Popen([sys.executable, "-m", "softprep.cli", *map(str, args)], stdout=subprocess.DEVNULL)
+    creating = renamed = None
+    while process.poll() is None:
+        if creating is None and creating_path(out).exists():
+            creating = time.perf_counter()
+        if renamed is None and out.exists():
+            renamed = time.perf_counter()
+        time.sleep(0.0005)
+    assert process.returncode == 0 and creating and renamed
+    return renamed - creating, time.perf_counter() - renamed
+
+
+def kill_during(args: list, phase: str, fraction: float) -> None:
+    """Start a build and SIGKILL its whole process group ``fraction`` of the way into ``phase``
+    (``creation``: from the temporary store's appearance; ``shards``: from the store's rename)."""
+    out = Path(args[args.index("--out") + 1])
+    process = subprocess.Popen([sys.executable, "-m", "softprep.cli", *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = creating_path(out) if phase == "creation" else out
+    while not marker.exists() and process.poll() is None:
+        time.sleep(0.0002)
+    time.sleep(fraction)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_kill_at_random_moments_of_creation_and_shards_then_resume_is_identical(data, tmp_path):
+    reference = tmp_path / "reference.zarr"
+    durations = dict(zip(("creation", "shards"), watch_phases(build_args(data, reference))))
+    rng = np.random.default_rng(0)
+    hit = {"creation": 0, "shards": 0, "other": 0}
+    for k in range(KILLS):
+        phase = ("creation", "shards")[k % 2]
+        out = tmp_path / f"killed{k}.zarr"
+        kill_during(build_args(data, out), phase, rng.uniform(0, durations[phase]))
+        if creating_path(out).exists() and not out.exists():
+            hit["creation"] += 1
+        elif out.exists() and not open_store(out).complete:
+            hit["shards"] += 1
+            info = softprep("info", out)
+            assert info.returncode == 0 and "UNFINISHED" in info.stdout and "Traceback" not in info.stderr
+        else:
+            hit["other"] += 1
+        resumed = softprep(*build_args(data, out))
+        assert resumed.returncode == 0, resumed.stderr
+        assert not creating_path(out).exists()
+        same_files(reference, out)  # byte for byte
+    assert hit["creation"] >= 2 and hit["shards"] >= 2, hit
+    print(f"kills: {hit}, identical resumes: {KILLS}")
+
+
+def test_interrupted_creation_leftovers_and_empty_folders_are_cleared(data, tmp_path):
+    out = tmp_path / "s.zarr"
+    creating_path(out).mkdir()
+    (creating_path(out) / "zarr.json").write_text("{")  # a torn creation
+    result = softprep(*build_args(data, out))
+    assert result.returncode == 0, result.stderr
+    assert not creating_path(out).exists() and open_store(out).complete
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    assert softprep(*build_args(data, empty)).returncode == 1
+    assert softprep(*build_args(data, empty), "--overwrite").returncode == 0
+
+
+def test_a_second_build_on_a_locked_store_is_refused(data, tmp_path):
+    out = tmp_path / "s.zarr"
+    with store_lock(out):
+        result = softprep(*build_args(data, out))
+        assert_one_line_error(result, str(out), f"another softprep build (pid {os.getpid()}) is writing this store")
+        result = softprep(*build_args(data, out), "--overwrite")
+        assert_one_line_error(result, "another softprep build")
+    assert softprep(*build_args(data, out)).returncode == 0
+
+
+def test_killing_the_parent_stops_its_workers(tmp_path):
+    data = make_demo(tmp_path / "big", train=12, val=0, size=(512, 1024), seed=1)
+    out = tmp_path / "s.zarr"
+    process = subprocess.Popen([sys.executable, "-m", "softprep.cli", "build", "--root", str(data), "--out", str(out),
+                                "--scales", "0.5", "1.0", "--splits", "train", "--shard-size", "1", "--jobs", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (out / "train" / "done").exists() or not open_store(out).done("train").any():
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.01)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "workers kept running"
+    result = softprep("build", "--root", data, "--out", out, "--scales", "0.5", "1.0", "--splits", "train",
+                      "--shard-size", "1", "--jobs", "2")
+    assert result.returncode == 0 and verify(out, jobs=1) == []
+
+
+@pytest.fixture()
+def store(data, tmp_path) -> Path:
+    out = tmp_path / "s.zarr"
+    build(get_dataset("cityscapes", data), out, [0.25, 0.5], jobs=1, shard_size=2)
+    return out
+
+
+def test_readers_refuse_unfinished_missing_and_damaged_images(store):
+    view = open_store(store).samples("train", 0.5)
+    done = zarr.open_array(str(store / "train" / "done"), mode="r+")
+    done[2] = 0
+    with pytest.raises(SoftprepError, match=rf"train/0.5: image {view.ids[2]} \(#2\): not built"):
+        view[2].image
+    from softprep_train.data import StoreDataset
+
+    with pytest.raises(SoftprepError, match=r"#2\): not built"):
+        StoreDataset(str(store), "train", 0.5)[2]
+    bucket = view.bucket(4)
+    shard_file(bucket["nn"], 4, store).unlink()  # the shard holding positions 4 and 5
+    with pytest.raises(SoftprepError, match=r"#4\): the nn shard file is missing"):
+        view[4].nn()
+    shard = shard_file(bucket["image"], 0, store)
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(SoftprepError, match=rf"image {view.ids[0]} \(#0\): image cannot be read"):
+        view[0].image
+
+
+def test_verify_sees_metadata_damage(store):
+    assert verify(store, jobs=1) == []
+    split = zarr.open_group(str(store / "train"), mode="r+")
+    sizes = split.attrs["sizes"]
+    split.attrs["sizes"] = [[32, 64]] + sizes[1:]
+    problems = verify(store, jobs=1)
+    assert any("attributes differ from those recorded" in p for p in problems)
+    assert any("train/0.5: image" in p and "(#0)" in p for p in problems)  # its bucket no longer exists
+    split.attrs["sizes"] = sizes
+    root = zarr.open_group(str(store), mode="r+")
+    attrs = dict(root.attrs["softprep"])
+    root.attrs["softprep"] = {**attrs, "classes": ["x"] + attrs["classes"][1:]}
+    assert any("attributes differ" in p for p in verify(store, jobs=1))
+    root.attrs["softprep"] = attrs
+    shutil.rmtree(store / "train" / "counts" / "c")
+    assert any("train/counts: images" in p and "chunk file c/0/0 missing" in p for p in verify(store, jobs=1))
+    (store / "val" / "0.5" / "mass" / "zarr.json").write_text("{not json")
+    problems = verify(store, jobs=1)
+    assert any(p.startswith("val/0.5/mass: array cannot be opened") for p in problems)
+    result = softprep("verify", store, "--jobs", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+
+
+def test_bad_targets_are_one_line_and_create_nothing(data, tmp_path):
+    out = tmp_path / "s.zarr"
+    for bad, fragment in (("nan", "must be a finite number > 0"), ("inf", "must be a finite number > 0"),
+                          ("-0.5", "must be a finite number > 0"), ("0", "must be a finite number > 0")):
+        assert_one_line_error(softprep("build", "--root", data, "--out", out, "--scales", bad), f"'{bad}'", fragment)
+    assert_one_line_error(softprep("build", "--root", data, "--out", out, "--scales", "100"),
+                          "over the --max-pixels limit of 32", "use smaller targets")
+    assert not out.exists() and not creating_path(out).exists()
+
+
+def test_oversized_image_is_refused_at_planning(tmp_path):
+    root = tmp_path / "d"
+    for kind, name, mode in (("leftImg8bit", "x_000000_000019_leftImg8bit.png", "RGB"),
+                             ("gtFine", "x_000000_000019_gtFine_labelTrainIds.png", "L")):
+        (root / kind / "train" / "x").mkdir(parents=True)
+        Image.new(mode, (8000, 5000)).save(root / kind / "train" / "x" / name)
+    assert (root / "gtFine" / "train" / "x" / "x_000000_000019_gtFine_labelTrainIds.png").stat().st_size < 300_000
+    result = softprep("build", "--root", root, "--out", tmp_path / "s.zarr", "--scales", "0.125")
+    assert_one_line_error(result, "x_000000_000019_leftImg8bit.png", "8000x5000 is 40.0 megapixels", "--max-pixels")
+    ok = softprep("build", "--root", root, "--out", tmp_path / "s.zarr", "--scales", "0.125", "--max-pixels", "50000000")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_duplicate_ids_and_orphan_labels_are_reported(data, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(data, root)
+    city = next((root / "leftImg8bit" / "val").iterdir())
+    os.symlink(city, root / "leftImg8bit" / "val" / "copy")
+    os.symlink(root / "gtFine" / "val" / city.name, root / "gtFine" / "val" / "copy")
+    result = softprep("build", "--root", root, "--out", tmp_path / "s.zarr", "--scales", "0.5")
+    assert_one_line_error(result, "same id", "duplicated or symlinked folder")
+    os.unlink(root / "leftImg8bit" / "val" / "copy")
+    os.unlink(root / "gtFine" / "val" / "copy")
+    image = sorted((root / "leftImg8bit" / "train").rglob("*.png"))[0]
+    image.unlink()
+    result = softprep("build", "--root", root, "--out", tmp_path / "s.zarr", "--scales", "0.5")
+    assert_one_line_error(result, "_gtFine_labelIds.png: no image", image.name)
+
+
+def test_paths_recorded_in_a_store_stay_inside_the_root(data):
+    dataset = get_dataset("cityscapes", data)
+    spec = SplitSpec(ids=["x"], images=["../../etc/passwd"], labels=["gtFine/x.png"], sizes=[[1, 1]])
+    with pytest.raises(SoftprepError, match="outside the dataset root"):
+        stored_sample(dataset, spec, 0)
+
+
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as a full disk does
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
+def test_full_disk_is_one_line_and_the_rerun_resumes(data, tmp_path):
+    out = tmp_path / "s.zarr"
+    args = ["build", "--root", data, "--out", out, "--scales", "1.0", "--shard-size", "1", "--jobs", "1"]
+    full = subprocess.run([sys.executable, "-m", "softprep.cli", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=_limit_file_size)
+    assert_one_line_error(full, "File too large", "rerun the same command to resume")
+    assert out.exists() and not open_store(out).complete
+    again = softprep(*args)
+    assert again.returncode == 0, again.stderr
+    assert verify(out, jobs=1) == []
+
+
+def test_unwritable_out_is_one_line(data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = softprep("build", "--root", data, "--out", blocker / "s.zarr", "--scales", "0.5")
+    assert_one_line_error(result, "s.zarr")
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> tuple[Path, Path]:
+    pytest.importorskip("torch")
+    from softprep_train.train import TrainConfig, fit
+
+    folder = tmp_path_factory.mktemp("run")
+    store = folder / "store.zarr"
+    build(get_dataset("cityscapes", data), store, [0.25], jobs=1)
+    fit(TrainConfig(store=str(store), scale="0.25", out=str(folder / "run"), model="hrnetv2_w18_small", iters=4,
+                    stop_at=2, batch_size=2, workers=0, seed=1), progress=False)
+    return store, folder / "run"
+
+
+def train_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softprep_train.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_crafted_checkpoint_is_refused_without_running_code(run, tmp_path):
+    import torch
+
+    from softprep_train.checkpoint import load_checkpoint_state
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(), "config": {}}, evil)
+    with pytest.raises(SoftprepError, match="refusing to load: the file holds objects other than tensors"):
+        load_checkpoint_state(evil)
+    result = train_cli("eval", "--checkpoint", evil, "--store", run[0])
+    assert_one_line_error(result, str(evil), "refusing to load")
+    assert not marker.exists()
+
+
+def test_damaged_checkpoints_are_refused_with_one_line(run, tmp_path):
+    store, folder = run
+    good = (folder / "last.pt").read_bytes()
+    cases = {
+        "flipped": good[:1000] + bytes([good[1000] ^ 1]) + good[1001:],
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "garbage": os.urandom(5000),
+    }
+    messages = {"flipped": "checksum mismatch", "truncated": "not a readable checkpoint", "empty": "checkpoint is empty",
+                "garbage": "not a readable checkpoint"}
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(content)
+        assert_one_line_error(train_cli("eval", "--checkpoint", path, "--store", store), str(path), messages[name])
+
+
+def test_resume_accepts_the_store_by_any_path_and_a_moved_run_folder(run, tmp_path):
+    store, folder = run
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    result = train_cli("fit", "--store", os.path.relpath(store, tmp_path), "--scale", "0.25", "--out", "moved",
+                       "--model", "hrnetv2_w18_small", "--iters", "4", "--batch-size", "2", "--workers", "0",
+                       "--seed", "1", "--resume", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trained 4 iterations" in result.stdout
