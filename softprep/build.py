@@ -103,6 +103,19 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
     return spec
 
 
+def upsampling_notes(spec: StoreSpec) -> list[str]:
+    """One line per target that makes images larger, with the first image's sizes."""
+    notes = []
+    for target in spec.targets:
+        for split, split_spec in spec.splits.items():
+            grown = [i for i in range(len(split_spec.ids)) if spec.plan(split, i, target).size[0] > split_spec.sizes[i][0]]
+            if grown:
+                plan = spec.plan(split, grown[0], target)
+                notes.append(f"note: target {target} upsamples {len(grown)} {split} image(s), e.g. {split_spec.ids[grown[0]]} "
+                             f"{plan.source[1]}x{plan.source[0]} -> {plan.size[1]}x{plan.size[0]} (WxH)")
+    return notes
+
+
 def _refuse_duplicate_ids(samples: list[Sample]) -> None:
     seen: dict[str, Sample] = {}
     for sample in samples:
@@ -162,6 +175,7 @@ def build(
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: Callable[[int, int], None] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    note: Callable[[str], None] | None = None,
 ) -> dict:
     """Build (or resume) a store at ``out``.
 
@@ -170,6 +184,7 @@ def build(
         jobs: worker processes (``None``: all cores; 1: in-process).
         overwrite: delete an existing store at ``out`` first.
         max_pixels: refuse images (or one image's outputs summed) larger than this.
+        note: called with one-line notes before work starts (targets that upsample, with their sizes).
         progress: called as ``progress(images_done_now, images_total)`` after each shard.
 
     Returns:
@@ -182,6 +197,9 @@ def build(
     """
     out = Path(out)
     spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels)
+    if note:
+        for text in upsampling_notes(spec):
+            note(text)
     with store_lock(out):
         try:
             return _build_locked(dataset, out, spec, jobs, overwrite, progress)

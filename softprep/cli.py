@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits
     bar, progress = _progress_bar("build")
     try:
         result = run_build(adapter, out, targets, kernel, antialias, list(_split_args(splits, str)) or None,
-                           jobs, overwrite, shard_size, progress, max_pixels)
+                           jobs, overwrite, shard_size, progress, max_pixels, note=lambda text: click.echo(text, err=True))
     finally:
         bar.close()
     click.echo(f"{out}: {result['built']} images built, {result['skipped']} already done, {result['total']} in all; complete")
@@ -172,11 +173,20 @@ def _split_args(values, kind=float):
 
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
-def info(store):
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable: settings, per split and target sizes and bytes.")
+@click.option("--ids", is_flag=True, help="List the image ids instead (SPLIT ID per line), e.g. for `softprep show`.")
+@click.option("--split", default=None, help="With --ids: only this split.")
+def info(store, as_json, ids, split):
     """Summarise a store: settings, splits, targets, progress and size on disk."""
-    from softprep.info import summary
+    from softprep.info import describe, image_ids, summary
 
-    click.echo(summary(store))
+    if ids:
+        for name, image_id in image_ids(store, split):
+            click.echo(f"{name} {image_id}")
+    elif as_json:
+        click.echo(json.dumps(describe(store), indent=2))
+    else:
+        click.echo(summary(store))
 
 
 @main.command(short_help="Class-prior discrepancy per class, kernel and target (Table V).")

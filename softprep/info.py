@@ -14,46 +14,71 @@ def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def _size_range(sizes: np.ndarray) -> str:
-    """``"64x128"`` when every image has one size, else ``"45x62 .. 64x85"`` (HxW, fewest to most pixels)."""
-    pixels = sizes[:, 0] * sizes[:, 1]
-    small, large = sizes[np.argmin(pixels)], sizes[np.argmax(pixels)]
-    if (sizes == sizes[0]).all():
-        return f"{sizes[0][0]}x{sizes[0][1]}"
-    return f"{small[0]}x{small[1]} .. {large[0]}x{large[1]}"
+def describe(path: str | Path) -> dict:
+    """The store at ``path`` as plain data (``info --json``): settings, and per split and target the
+    images done, size buckets, smallest and largest output size ``[h, w]``, weight exactness and
+    bytes on disk of soft labels, images and NN maps."""
+    store = open_store(path)
+    a = store.attrs
+    out = {"path": str(store.path), "complete": store.complete, "format_version": a["format_version"],
+           "dataset": a["dataset"], "classes": store.classes, "ignore_index": a["ignore_index"], "kernel": a["kernel"],
+           "antialias": a["antialias"], "targets": store.targets, "splits": {}}
+    for split in store.splits:
+        done = store.done(split)
+        members = store.spec.splits[split].members
+        entry = {"images": len(done), "done": int(done.sum()), "buckets": len(members), "targets": {}}
+        for target in store.targets:
+            view = store.samples(split, target)
+            group_path = store.path / split / target
+            buckets = [group_path / b for b in members]
+            pixels = view.sizes[:, 0].astype(np.int64) * view.sizes[:, 1]
+            soft = sum(disk_bytes(b / name) for b in buckets for name in ("classes", "weights"))
+            denominators = np.unique(view.denominators).tolist()
+            entry["targets"][target] = {
+                "smallest": view.sizes[int(np.argmin(pixels))].tolist(), "largest": view.sizes[int(np.argmax(pixels))].tolist(),
+                "exact_images": int((view.denominators > 0).sum()),
+                "denominator": denominators[0] if len(denominators) == 1 and denominators[0] > 0 else None,
+                "soft_label_bytes": soft, "soft_label_bytes_per_pixel": soft / max(int(pixels.sum()), 1),
+                "image_bytes": sum(disk_bytes(b / "image") for b in buckets),
+                "nn_bytes": sum(disk_bytes(b / "nn") for b in buckets),
+            }
+        out["splits"][split] = entry
+    out["disk_bytes"] = disk_bytes(store.path)
+    return out
 
 
 def summary(path: str | Path) -> str:
     """A human-readable multi-line summary of the store at ``path``."""
-    store = open_store(path)
-    a = store.attrs
+    d = describe(path)
     lines = [
-        f"store      {store.path}  ({'complete' if store.complete else 'UNFINISHED: rerun the same `softprep build` to resume'})",
-        f"dataset    {a['dataset']}, {len(a['classes'])} classes, ignore {a['ignore_index']}",
-        f"kernel     {a['kernel']}{' (antialias)' if a['antialias'] else ''}",
-        f"targets    {', '.join(store.targets)}",
+        f"store      {d['path']}  ({'complete' if d['complete'] else 'UNFINISHED: rerun the same `softprep build` to resume'})",
+        f"dataset    {d['dataset']}, {len(d['classes'])} classes, ignore {d['ignore_index']}",
+        f"kernel     {d['kernel']}{' (antialias)' if d['antialias'] else ''}",
+        f"targets    {', '.join(d['targets'])}",
     ]
-    for split in store.splits:
-        done = store.done(split)
-        buckets = len(store.spec.splits[split].members)
-        lines.append(f"split      {split}: {done.sum()}/{len(done)} images done, {buckets} size bucket(s)")
-        for target in store.targets:
-            view = store.samples(split, target)
-            group_path = store.path / split / target
-            buckets = [group_path / b for b in store.spec.splits[split].members]
-            soft = sum(disk_bytes(b / name) for b in buckets for name in ("classes", "weights"))
-            image = sum(disk_bytes(b / "image") for b in buckets)
-            nn = sum(disk_bytes(b / "nn") for b in buckets)
-            pixels = int((view.sizes[:, 0].astype(np.int64) * view.sizes[:, 1]).sum())
-            exact = int((view.denominators > 0).sum())
-            denominators = np.unique(view.denominators)
-            weights = "exact" if exact == len(view) else ("float32" if exact == 0 else f"exact for {exact}/{len(view)}")
-            if exact == len(view) and len(denominators) == 1:
-                weights += f" /{denominators[0]}"
+    for split, s in d["splits"].items():
+        lines.append(f"split      {split}: {s['done']}/{s['images']} images done, {s['buckets']} size bucket(s)")
+        for target, t in s["targets"].items():
+            size = "x".join(map(str, t["smallest"]))
+            if t["smallest"] != t["largest"]:
+                size += " .. " + "x".join(map(str, t["largest"]))
+            exact = t["exact_images"]
+            weights = "exact" if exact == s["images"] else ("float32" if exact == 0 else f"exact for {exact}/{s['images']}")
+            if t["denominator"]:
+                weights += f" /{t['denominator']}"
             lines.append(
-                f"  {target:<10} {_size_range(view.sizes)}  soft label {soft / 2**20:7.2f} MiB "
-                f"({soft / max(pixels, 1):.3f} B/px, weights {weights})  image {image / 2**20:7.2f} MiB  "
-                f"nn {nn / 2**20:6.2f} MiB"
+                f"  {target:<10} {size}  soft label {t['soft_label_bytes'] / 2**20:7.2f} MiB "
+                f"({t['soft_label_bytes_per_pixel']:.3f} B/px, weights {weights})  image {t['image_bytes'] / 2**20:7.2f} MiB  "
+                f"nn {t['nn_bytes'] / 2**20:6.2f} MiB"
             )
-    lines.append(f"on disk    {disk_bytes(store.path) / 2**20:.1f} MiB")
+    lines.append(f"on disk    {d['disk_bytes'] / 2**20:.1f} MiB")
     return "\n".join(lines)
+
+
+def image_ids(path: str | Path, split: str | None = None) -> list[tuple[str, str]]:
+    """``(split, id)`` of every image of ``split`` (default: every split), in store order."""
+    store = open_store(path)
+    splits = [split] if split else store.splits
+    for name in splits:
+        store.samples(name, store.targets[0])  # a clear error for an unknown split
+    return [(name, image_id) for name in splits for image_id in store.spec.splits[name].ids]

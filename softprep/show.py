@@ -91,7 +91,7 @@ def _split_of(store: Store, image_id: str) -> str:
     for split in store.splits:
         if image_id in store.spec.splits[split].ids:
             return split
-    raise SoftprepError(f"{store.path}: no image {image_id!r} in any split; `softprep info` lists the splits")
+    raise SoftprepError(f"{store.path}: no image {image_id!r} in any split; `softprep info {store.path} --ids` lists them")
 
 
 def _class_index(names: list[str], name: str) -> int:
@@ -117,6 +117,8 @@ def _grid(panels: list[tuple[str, np.ndarray]], size: tuple[int, int]) -> Image.
 def show(store: Store, image_id: str, target, out: str | Path, **options) -> Path:
     """Write :func:`render_sample`'s picture as a PNG at ``out``; returns the path."""
     out = Path(out)
+    if not out.parent.is_dir():
+        raise SoftprepError(f"{out.parent}: folder does not exist; create it or choose another --out")
     render_sample(store, image_id, target, **options).save(out, format="PNG")
     return out
 

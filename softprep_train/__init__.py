@@ -2,16 +2,28 @@
 
 Drop the pieces into your own loop::
 
-    from softprep_train import StoreDataset, Augment, kl_loss, build_model
+    from softprep_train import StoreDataset, Augment, collate, to_device, normalise, kl_loss, build_model
+
+Names are imported on first use, so ``softprep-train`` can say in one line that torch is missing.
 """
 
-from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, densify, finish_sample, to_device
-from softprep_train.evaluate import evaluate, iou_from_confusion
-from softprep_train.losses import ce_nn_loss, kl_loss
-from softprep_train.models import MODELS, build_model
-from softprep_train.train import TrainConfig, fit
+from __future__ import annotations
 
-__all__ = [
-    "Augment", "StoreDataset", "TrainSampler", "collate", "densify", "finish_sample", "to_device",
-    "evaluate", "iou_from_confusion", "ce_nn_loss", "kl_loss", "MODELS", "build_model", "TrainConfig", "fit",
-]
+import importlib
+
+_EXPORTS = {
+    "Augment": "data", "StoreDataset": "data", "TrainSampler": "data", "collate": "data", "densify": "data",
+    "finish_sample": "data", "to_device": "data",
+    "evaluate": "evaluate", "iou_from_confusion": "evaluate",
+    "ce_nn_loss": "losses", "kl_loss": "losses",
+    "MODELS": "models", "build_model": "models",
+    "TrainConfig": "train", "fit": "train", "normalise": "train",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'softprep_train' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"softprep_train.{_EXPORTS[name]}"), name)

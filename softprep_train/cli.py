@@ -6,12 +6,19 @@ Distributed: ``torchrun --nproc-per-node N -m softprep_train.cli fit ...``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from softprep.cli import OneLineErrors
 from softprep.errors import SoftprepError
+
+try:  # the registry names --model's choices; without torch, entry() says what to install
+    from softprep_train.models import MODELS
+except ImportError:
+    MODELS = {}
 
 
 class _Group(OneLineErrors):
@@ -52,28 +59,30 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="softprep store to train from.")
 @click.option("--scale", required=True, help="Training target, a stored one: a factor (0.25) or a name (short512, fit512x1024).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder: logs, checkpoints.")
-@click.option("--model", default="hrnetv2_w48", show_default=True, help="Registered model (see softprep_train.models.MODELS).")
+@click.option("--model", default="hrnetv2_w48", show_default=True, type=click.Choice(list(MODELS)),
+              help="Registered model (hrnetv2_w48 is the paper's; hrnetv2_w18_small and deeplabv3plus_r18 suit a CPU).")
 @click.option("--loss", default="kl", show_default=True, type=click.Choice(["kl", "ce-nn"]), help="kl: soft labels; ce-nn: NN hard labels (baseline).")
 @click.option("--mc/--no-mc", default=True, show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
 @click.option("--class-weights", type=click.Path(dir_okay=False, path_type=Path), help="JSON list of per-class loss weights.")
-@click.option("--split", default="train", show_default=True)
+@click.option("--split", default="train", show_default=True, help="Store split to train on.")
 @click.option("--crop", default=None, help="Crop HxW (default: the smallest stored size at --scale; every image's when all are equal).")
-@click.option("--batch-size", default=12, show_default=True)
+@click.option("--batch-size", default=12, show_default=True, help="Images per step per process (global batch = this x processes).")
 @click.option("--iters", default=80000, show_default=True, help="Iterations (ignored with --epochs).")
 @click.option("--epochs", type=int, default=None, help="Train for this many epochs instead of --iters.")
-@click.option("--lr", default=0.01, show_default=True)
+@click.option("--lr", default=0.01, show_default=True, help="Peak learning rate of SGD (momentum 0.9), then poly decay (power 0.9).")
 @click.option("--warmup-iters", default=0, show_default=True, help="Linear warm-up before the poly schedule.")
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="auto: bf16 on GPU, off on CPU.")
 @click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
 @click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
 @click.option("--densify", default="auto", show_default=True, type=click.Choice(["auto", "worker", "device"]),
               help="Where sparse soft labels become dense: auto = device on GPU, worker on CPU.")
-@click.option("--log-every", default=10, show_default=True)
-@click.option("--checkpoint-every", default=1000, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--log-every", default=10, show_default=True, help="Iterations between log lines (OUT/log.jsonl; stdout when piped).")
+@click.option("--checkpoint-every", default=1000, show_default=True, help="Iterations between checkpoints (OUT/last.pt; also at the end and on SIGINT/SIGTERM).")
+@click.option("--seed", default=0, show_default=True, help="Seed of initialisation, data order and augmentation.")
 @click.option("--pretrained", type=click.Path(dir_okay=False, path_type=Path), help="Local ImageNet backbone weights (never downloaded).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (bit-identical on CPU).")
+@click.option("--overwrite", is_flag=True, help="Start again in an --out that already holds a run (its files are deleted).")
 @click.option("--stop-at", type=int, default=None, help="Stop after this iteration with a checkpoint (time-limited jobs); continue later with --resume.")
 def fit(**options):
     """Train a model on a store split at one target resolution."""
@@ -104,17 +113,20 @@ def evaluate(checkpoint, store, split, root, mode, out, device):
     report = run_eval(checkpoint, store, split, root, mode, device)
     click.echo(report.table(), nl=False)
     path = save_report(report, out or Path(checkpoint).with_name(f"eval-{split}.json"))
-    click.echo(f"mIoU {100 * report.miou:.1f} on {split} ({len(report.classes)} classes); report {path}")
+    present = int((~np.isnan(report.iou)).sum())
+    click.echo(f"mIoU {100 * report.miou:.1f} on {split}: mean over the {present} of {len(report.classes)} classes present "
+               f"in the labels or predictions; report {path}")
 
 
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
 @click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of .png/.jpg images (searched recursively).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the colourised masks.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the masks (the images' sub-folders are kept).")
 @click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]))
 @click.option("--device", default="auto", show_default=True)
 def predict(checkpoint, images, out, mode, device):
-    """Colourised prediction masks, one <name>_pred.png per image."""
+    """Prediction masks per image, in the image's relative folder: <name>_pred.png (colour),
+    <name>_trainIds.png and, for Cityscapes, <name>_labelIds.png (for cityscapesScripts)."""
     from softprep_train.predict import predict_folder
 
     written = predict_folder(checkpoint, images, out, mode, device)
@@ -122,6 +134,12 @@ def predict(checkpoint, images, out, mode, device):
 
 
 def entry():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        click.echo("softprep-train: error: torch is not installed; install the training extra: pip install 'softprep[train]'",
+                   err=True)
+        sys.exit(1)
     main(prog_name="softprep-train")
 
 

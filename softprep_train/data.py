@@ -80,11 +80,11 @@ def densify(classes: torch.Tensor, weights: torch.Tensor, num_classes: int) -> t
     return dense[:num_classes]
 
 
-def finish_sample(raw: dict, num_classes: int) -> dict:
+def finish_sample(raw: dict, num_classes: int | None = None) -> dict:
     """Densify and apply the geometry: ``image (3, h, w) float32`` in [0, 255], ``soft (C, h, w)
     float32`` (sums to the valid fraction; 0 on padding), ``nn (h, w) int64`` (255 = ignore)."""
     weights = raw["weights"].float() / raw.get("denominator", 1.0)
-    soft = densify(raw["classes"], weights, num_classes)
+    soft = densify(raw["classes"], weights, num_classes or raw["num_classes"])
     image = raw["image"].permute(2, 0, 1).float()
     device, (src_h, src_w) = soft.device, soft.shape[1:]
     rows = taps_to_matrix(raw["row_index"].to(device), raw["row_weight"].to(device), src_h)
@@ -104,8 +104,11 @@ class StoreDataset(Dataset):
     """One split of a store at a training target (``0.25``, ``"short512"``), with the paired augmentation.
 
     Each DataLoader worker opens the store itself on first use (nothing unpicklable is held).
-    Index with ``i`` (no augmentation: the stored sample at ``target``) or ``(i, seed)``: the
-    augmentation is drawn from ``seed``, so a run is reproducible whatever the worker count.
+    Index with ``(i, seed)`` (what :class:`TrainSampler` yields): the augmentation is drawn from
+    ``seed``, so a run is reproducible whatever the worker count. Index with a plain ``i`` (a
+    plain ``DataLoader(dataset, shuffle=True)``): with ``augment``, a fresh augmentation is drawn
+    from torch's random generator (seeded per worker and epoch by the DataLoader, reproducible
+    under ``torch.manual_seed``); without, the stored sample at ``target``.
 
     Items: with ``densify="worker"``, :func:`finish_sample`'s dict (plus ``index``); with
     ``densify="device"``, the raw sparse dict that :func:`finish_sample` takes.
@@ -143,6 +146,8 @@ class StoreDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is None and self.augment is not None:
+            seed = int(torch.randint(0, 2**62, ()).item())
         raw = self.raw(index, seed)
         if self.densify == "device":
             return raw
@@ -177,7 +182,7 @@ class StoreDataset(Dataset):
             "row_index": torch.from_numpy(row_index), "row_weight": torch.from_numpy(row_weight),
             "col_index": torch.from_numpy(col_index), "col_weight": torch.from_numpy(col_weight),
             "nn_rows": torch.from_numpy(nn_rows), "nn_cols": torch.from_numpy(nn_cols),
-            "index": index,
+            "index": index, "num_classes": self.num_classes,
         }
 
 
@@ -195,7 +200,7 @@ def collate(items: list[dict]) -> dict | list[dict]:
     return items
 
 
-def to_device(batch: dict | list[dict], device: torch.device, num_classes: int) -> dict:
+def to_device(batch: dict | list[dict], device: torch.device | str, num_classes: int | None = None) -> dict:
     """A batch on ``device``: ``image (B, 3, h, w)``, ``soft (B, C, h, w)``, ``nn (B, h, w)``."""
     if isinstance(batch, dict):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -205,14 +210,15 @@ def to_device(batch: dict | list[dict], device: torch.device, num_classes: int) 
 
 
 class TrainSampler(Sampler):
-    """Endless ``(index, augmentation seed)`` pairs: epochs of a :class:`DistributedSampler`
-    (shuffled with ``seed + epoch``, this rank's share), started at ``start_batch`` so that a
-    resumed run sees exactly the batches an uninterrupted one would."""
+    """``(index, augmentation seed)`` pairs: epochs of a :class:`DistributedSampler` (shuffled with
+    ``seed + epoch``, this rank's share), started at ``start_batch`` so that a resumed run sees
+    exactly the batches an uninterrupted one would. Endless unless ``epochs`` is given (an
+    iteration-based loop stops itself)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, start_batch: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, epochs: int | None = None):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+        self.start_batch, self.rank, self.world_size, self.epochs = start_batch, rank, world_size, epochs
 
     def batches_per_epoch(self) -> int:
         per_rank = math.ceil(len(self.dataset) / self.world_size)
@@ -221,7 +227,7 @@ class TrainSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         per_epoch = self.batches_per_epoch()
         epoch, skip = divmod(self.start_batch, per_epoch)
-        while True:
+        while self.epochs is None or epoch < self.epochs:
             sampler = DistributedSampler(self.dataset, num_replicas=self.world_size, rank=self.rank,
                                          shuffle=True, seed=self.seed)
             sampler.set_epoch(epoch)
@@ -232,8 +238,10 @@ class TrainSampler(Sampler):
                 yield index, _mix(self.seed, epoch, position, self.rank)
             epoch, skip = epoch + 1, 0
 
-    def __len__(self) -> int:  # endless; DataLoader only needs this for len(loader)
-        return 2**62
+    def __len__(self) -> int:
+        if self.epochs is None:  # endless; DataLoader only needs this for len(loader)
+            return 2**62
+        return max(0, self.epochs * self.batches_per_epoch() - self.start_batch) * self.batch_size
 
 
 def _mix(*values: int) -> int:

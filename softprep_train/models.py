@@ -116,21 +116,48 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def _backbone(spec: ModelSpec, pretrained: str | Path | None) -> nn.Module:
+#: Below this share of the backbone's tensors matched by name and shape, a weights file is refused.
+MIN_PRETRAINED_MATCH = 0.5
+
+
+def _backbone(spec: ModelSpec) -> nn.Module:
     options: dict = {"features_only": True}
     if spec.family == "hrnetv2":
         options.update(feature_location="", out_indices=(1, 2, 3, 4))  # raw branches at 1/4 .. 1/32
     else:
         options.update(output_stride=spec.output_stride, out_indices=(1, 4))  # stride 4 and the deepest
-    if pretrained is not None:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise SoftprepError(f"{path}: pretrained weights file not found (weights are never downloaded; name a local file)")
-        options.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    return timm.create_model(spec.backbone, **options)
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, name: str) -> tuple[int, int]:
+    """Copy the tensors of a local state dict (timm / torchvision; ``state_dict``/``model`` nesting and
+    ``module.`` prefixes allowed) into ``backbone`` by name and shape. Returns ``(loaded, total)``.
+
+    Raises:
+        SoftprepError: a missing or unreadable file, or fewer than half of the backbone's tensors
+            found in it (the wrong file: training would start from random weights).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SoftprepError(f"{path}: pretrained weights file not found (weights are never downloaded; name a local file)")
     try:
-        return timm.create_model(spec.backbone, **options)
-    except RuntimeError as error:
-        raise SoftprepError(f"{pretrained}: cannot load into {spec.backbone}: {str(error).splitlines()[0]}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - pickles with code, truncated files: one line
+        raise SoftprepError(f"{path}: cannot read pretrained weights ({type(error).__name__}); "
+                            "expected a torch state dict of tensors") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise SoftprepError(f"{path}: not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    own = backbone.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matched) < MIN_PRETRAINED_MATCH * len(own):
+        raise SoftprepError(f"{path}: only {len(matched)} of the {len(own)} tensors of {name}'s backbone match this "
+                            "file by name and shape; is it a checkpoint of that backbone?")
+    backbone.load_state_dict(matched, strict=False)
+    return len(matched), len(own)
 
 
 def build_model(name: str, num_classes: int, pretrained: str | Path | None = None) -> Segmenter:
@@ -138,7 +165,10 @@ def build_model(name: str, num_classes: int, pretrained: str | Path | None = Non
     if name not in MODELS:
         raise SoftprepError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[name]
-    backbone = _backbone(spec, pretrained)
+    backbone = _backbone(spec)
+    if pretrained is not None:
+        loaded, total = load_backbone_weights(backbone, pretrained, spec.backbone)
+        backbone.pretrained_tensors = (loaded, total)
     channels = backbone.feature_info.channels()
     if spec.family == "hrnetv2":
         head: nn.Module = HRNetV2Head(channels, num_classes)

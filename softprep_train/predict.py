@@ -2,7 +2,7 @@
 
 Each image is resampled to the checkpoint's training target with the store's kernel (the same
 tap tables softprep built the store with), segmented, and its logits upsampled (bilinear) back to
-the original size; the mask is written as a palette PNG-coloured RGB image.
+the original size; masks are written as colour, train-id and (Cityscapes) label-id PNGs.
 """
 
 from __future__ import annotations
@@ -39,21 +39,44 @@ def predict_image(model: torch.nn.Module, state: dict, image: np.ndarray, mode: 
     return full[0].argmax(0).to(torch.uint8).cpu().numpy()
 
 
+def label_id_table(dataset: str | None) -> np.ndarray | None:
+    """``(256,) uint8`` train id -> the dataset's official label id, for datasets whose evaluators read
+    label ids (Cityscapes: cityscapesScripts); None otherwise."""
+    if dataset != "cityscapes":
+        return None
+    from softprep.datasets.cityscapes import LABEL_ID_TO_TRAIN_ID
+
+    table = np.zeros(256, dtype=np.uint8)  # unlabelled predictions (none) stay 0 = "unlabeled"
+    for label_id, train_id in sorted(LABEL_ID_TO_TRAIN_ID.items(), reverse=True):
+        if train_id != 255:
+            table[train_id] = label_id
+    return table
+
+
 def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, mode: str = "whole",
                    device: str = "auto", progress: bool = True) -> list[Path]:
-    """Write ``OUT/<name>_pred.png`` (colourised) for every image under ``images``; returns the paths."""
+    """For every image under ``images``, write into ``out`` at the same relative folder:
+    ``<name>_pred.png`` (colourised), ``<name>_trainIds.png`` (train ids, 8-bit) and, for Cityscapes,
+    ``<name>_labelIds.png`` (official label ids, as cityscapesScripts' evaluator reads them).
+    Returns the colourised paths."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model, state = load_checkpoint(checkpoint, device)
-    paths = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = Path(images)
+    paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise SoftprepError(f"{images}: no .png/.jpg images found")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     palette = np.asarray(state["palette"], dtype=np.uint8)
+    label_ids = label_id_table(state.get("dataset"))
     written = []
     for path in tqdm(paths, desc="predict", unit="img", disable=None if progress else True):
         mask = predict_image(model, state, read_array(path, "RGB"), mode)
-        target = out / f"{path.stem}_pred.png"
-        Image.fromarray(colourise(mask, palette)).save(target)
-        written.append(target)
+        folder = out / path.parent.relative_to(images)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = path.stem.removesuffix("_leftImg8bit")
+        Image.fromarray(colourise(mask, palette)).save(folder / f"{stem}_pred.png")
+        Image.fromarray(mask).save(folder / f"{stem}_trainIds.png")
+        if label_ids is not None:
+            Image.fromarray(label_ids[mask]).save(folder / f"{stem}_labelIds.png")
+        written.append(folder / f"{stem}_pred.png")
     return written

@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +68,7 @@ class TrainConfig:
     pretrained: str | None = None
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False  # start again in an --out that holds a run
     stop_at: int | None = None  # stop (with a checkpoint) after this iteration, as if interrupted
 
 
@@ -93,7 +97,11 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 #: Settings a resumed run may change: they do not alter what is computed.
-FREE_ON_RESUME = {"resume", "stop_at", "workers", "log_every", "checkpoint_every", "device", "densify", "out"}
+FREE_ON_RESUME = {"resume", "overwrite", "stop_at", "workers", "log_every", "checkpoint_every", "device", "densify", "out"}
+#: Files a run writes into its --out.
+RUN_FILES = ("last.pt", "log.jsonl", "summary.json")
+#: Models too slow to train on a CPU without a word.
+SLOW_ON_CPU = ("hrnetv2_w48", "deeplabv3plus_r101", "deeplabv3plus_r101_os16", "deeplabv3plus_r50")
 
 
 def _check_same_run(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -109,8 +117,52 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def _prepare_out(config: TrainConfig, out: Path) -> None:
+    """Refuse to write into a finished or running run's folder unless resuming or overwriting."""
+    last = out / "last.pt"
+    if config.resume or not any((out / name).exists() for name in RUN_FILES):
+        return
+    if not config.overwrite:
+        raise SoftprepError(f"{out}: already holds a run ({'last.pt' if last.exists() else 'log.jsonl'}); pass --resume "
+                            "to continue it, --overwrite to start again, or choose a new --out")
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _format_eta(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM set :attr:`received` instead of killing the loop, so it can
+    checkpoint the iteration it is at and exit (a scheduler's preemption loses no work)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def fit(config: TrainConfig, progress: bool = True) -> dict:
-    """Train; returns the summary that is also written to ``out/summary.json``."""
+    """Train; returns the summary that is also written to ``out/summary.json``.
+
+    Raises:
+        SoftprepError: bad settings, an --out holding another run, a NaN loss, or SIGINT/SIGTERM
+            (after writing a checkpoint of the current iteration; continue with ``--resume``).
+    """
     config.scale = parse_target(config.scale).name
     config.store = str(Path(config.store).resolve())  # the same store by any path compares equal on --resume
     # --- distributed set-up (torchrun sets these variables) ---
@@ -124,10 +176,15 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        _prepare_out(config, out)
     store = open_store(config.store)
     if not store.complete:
         raise SoftprepError(f"{config.store}: store is not completely built; finish it with `softprep build` first")
     num_classes = len(store.classes)
+    if config.class_weights is not None and len(config.class_weights) != num_classes:
+        raise SoftprepError(f"--class-weights has {len(config.class_weights)} values; the store has {num_classes} classes "
+                            f"({', '.join(store.classes[:4])}, ...): give one weight per class")
 
     # --- data ---
     view = store.samples(config.split, config.scale)
@@ -169,56 +226,80 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
         if rank == 0:
             save_checkpoint(path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "iteration": iteration, "config": asdict(config), "classes": store.classes,
+                "iteration": iteration, "config": asdict(config), "classes": store.classes, "dataset": store.attrs["dataset"],
                 "palette": store.attrs["palette"], "kernel": store.attrs["kernel"], "antialias": store.attrs["antialias"],
                 "num_classes": num_classes, "crop": list(crop),
             })
 
     # --- the loop ---
+    piped = progress and rank == 0 and not sys.stdout.isatty()  # a plain line per log window instead of a bar
+    if progress and rank == 0:
+        note = " (slow on a CPU: try --model hrnetv2_w18_small or fewer --iters)" if (
+            device.type == "cpu" and config.model in SLOW_ON_CPU and total - iteration > 1000) else ""
+        loaded = getattr(model.backbone, "pretrained_tensors", None)
+        weights = f"pretrained {loaded[0]}/{loaded[1]} backbone tensors from {config.pretrained}" if loaded else "random init"
+        print(f"fit: {config.model} ({weights}) on {device}, iterations {iteration} -> {total}, batch {config.batch_size} "
+              f"per process x {world_size}, crop {crop[0]}x{crop[1]}, loss {config.loss}{note}", flush=True)
     log = open(out / ("log.jsonl" if rank == 0 else f"log.rank{rank}.jsonl"), "a")
     bar = tqdm(total=total, initial=iteration, desc="fit", unit="it", disable=None if progress and rank == 0 else True)
     start, wait, window_images, window_start, losses = time.perf_counter(), 0.0, 0, time.perf_counter(), []
     batches = iter(loader)
     trained.train()
     stop = min(total, config.stop_at or total)
-    while iteration < stop:
-        fetch = time.perf_counter()
-        batch = to_device(next(batches), device, num_classes)
-        wait += time.perf_counter() - fetch
-        lr = lr_at(config, iteration, total)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = trained(normalise(batch["image"]))
-        if config.loss == "kl":
-            loss = kl_loss(logits, batch["soft"], config.mc, class_weights)
-        else:
-            loss = ce_nn_loss(logits, batch["nn"], class_weights)
-        if not torch.isfinite(loss):
-            raise SoftprepError(f"loss is {loss.item()} at iteration {iteration} (lr {lr:.3g}); lower --lr, add "
-                                f"--clip-grad or --warmup-iters; the last good checkpoint is {last}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.clip_grad:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        iteration += 1
-        losses.append(loss.item())
-        window_images += batch["image"].shape[0] * world_size
-        bar.update(1)
-        if iteration % config.log_every == 0 or iteration == stop:
-            now = time.perf_counter()
-            record = {"iter": iteration, "loss": losses[-1], "mean_loss": float(np.mean(losses[-config.log_every:])),
-                      "lr": lr, "images_per_s": window_images / (now - window_start), "data_wait_share": wait / (now - window_start)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{record['mean_loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{record['images_per_s']:.1f}")
-            window_images, window_start, wait = 0, now, 0.0
-        if iteration % config.checkpoint_every == 0 and iteration < stop:
-            checkpoint(last)
+    with _StopSignals() as signals:
+        while iteration < stop and not signals.received:
+            fetch = time.perf_counter()
+            try:
+                batch = to_device(next(batches), device, num_classes)
+            except RuntimeError:
+                if signals.received:  # the signal also ended a DataLoader worker
+                    break
+                raise
+            wait += time.perf_counter() - fetch
+            lr = lr_at(config, iteration, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = trained(normalise(batch["image"]))
+            if config.loss == "kl":
+                loss = kl_loss(logits, batch["soft"], config.mc, class_weights)
+            else:
+                loss = ce_nn_loss(logits, batch["nn"], class_weights)
+            if not torch.isfinite(loss):
+                raise SoftprepError(f"loss is {loss.item()} at iteration {iteration} (lr {lr:.3g}); lower --lr, add "
+                                    f"--clip-grad or --warmup-iters; the last good checkpoint is {last}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            iteration += 1
+            losses.append(loss.item())
+            window_images += batch["image"].shape[0] * world_size
+            bar.update(1)
+            if iteration % config.log_every == 0 or iteration == stop:
+                now = time.perf_counter()
+                record = {"iter": iteration, "loss": losses[-1], "mean_loss": float(np.mean(losses[-config.log_every:])),
+                          "lr": lr, "images_per_s": window_images / (now - window_start), "data_wait_share": wait / (now - window_start)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{record['mean_loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{record['images_per_s']:.1f}")
+                if piped:
+                    eta = (now - start) / max(1, len(losses)) * (stop - iteration)
+                    print(f"iter {iteration}/{total}  loss {record['mean_loss']:.4f}  lr {lr:.2e}  "
+                          f"{record['images_per_s']:.1f} img/s  eta {_format_eta(eta)}  data-wait {record['data_wait_share']:.0%}",
+                          flush=True)
+                window_images, window_start, wait = 0, now, 0.0
+            if iteration % config.checkpoint_every == 0 and iteration < stop:
+                checkpoint(last)
     bar.close()
+    if signals.received:
+        checkpoint(last)
+        log.close()
+        raise SoftprepError(f"{signals.received} at iteration {iteration}: checkpoint {last} written; continue with the "
+                            "same command plus --resume")
     if world_size > 1:  # BN running statistics drift per rank on CPU (no SyncBatchNorm there): keep rank 0's
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,32 @@ def test_help_lists_commands():
     assert result.returncode == 0
     for command in ("build", "demo", "info"):
         assert command in result.stdout
+
+
+def test_info_json_and_ids(data, tmp_path):
+    out = tmp_path / "s.zarr"
+    assert softprep("build", "--root", data, "--out", out, "--scales", "0.25,0.5", "--kernel", "area").returncode == 0
+    described = json.loads(softprep("info", out, "--json").stdout)
+    assert described["complete"] and described["targets"] == ["0.25", "0.5"]
+    assert described["splits"]["train"]["targets"]["0.5"]["smallest"] == [32, 64]
+    assert described["splits"]["val"]["done"] == 3 and described["splits"]["val"]["targets"]["0.25"]["denominator"] == 16
+    ids = softprep("info", out, "--ids", "--split", "val").stdout.splitlines()
+    dataset = get_dataset("cityscapes", data)
+    assert ids == [f"val {s.id}" for s in dataset.samples("val")]
+    assert_one_line_error(softprep("show", out, "nope", "--scale", "0.5", "--out", tmp_path / "x.png"),
+                          f"softprep info {out} --ids` lists them")
+    assert_one_line_error(softprep("show", out, ids[0].split()[1], "--scale", "0.5", "--out", tmp_path / "no" / "x.png"),
+                          "folder does not exist")
+
+
+def test_scales_parse_alike_everywhere_and_upsampling_is_announced(data, tmp_path):
+    out = tmp_path / "s.zarr"
+    result = softprep("build", "--root", data, "--out", out, "--scales", "0.5,1.5", "--splits", "val")
+    assert result.returncode == 0, result.stderr
+    assert "note: target 1.5 upsamples 3 val image(s)" in result.stderr and "128x64 -> 192x96 (WxH)" in result.stderr
+    priors = softprep("priors", "--compare-kernels", "area", "--root", data, "--scales", "0.5,1.5", "--split", "val",
+                      "--format", "json", "--jobs", "1")
+    assert priors.returncode == 0, priors.stderr
+    assert [r["target"] for r in json.loads(priors.stdout)["rows"]] == ["0.5", "1.5"]
+    assert_one_line_error(softprep("priors", "--compare-kernels", "area", "--root", data, "--scales", "-1"),
+                          "scale '-1': must be a finite number > 0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,10 @@ def test_cli_fit_eval_predict(store, demo_root, tmp_path):
                                    "--loss", "ce-nn", "--iters", "4", "--batch-size", "2", "--workers", "1",
                                    "--out", str(run)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("trained 4 iterations in ")
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("fit: deeplabv3plus_r18 (random init) on cpu, iterations 0 -> 4, batch 2 per process x 1")
+    assert re.match(r"iter 4/4  loss \d+\.\d{4}  lr \S+  \d+\.\d img/s  eta 0m00s  data-wait \d+%", lines[1]), lines
+    assert lines[-1].startswith("trained 4 iterations in ")
     result = subprocess.run(cli + ["eval", "--checkpoint", str(run / "last.pt"), "--store", store, "--mode", "slide"],
                             capture_output=True, text=True)
     assert result.returncode == 1 and "softprep-train: error:" in result.stderr and "pass --root DATA" in result.stderr
@@ -114,10 +118,17 @@ def test_cli_fit_eval_predict(store, demo_root, tmp_path):
     result = subprocess.run(cli + ["predict", "--checkpoint", str(run / "last.pt"), "--images", str(images),
                                    "--out", str(tmp_path / "masks")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    masks = sorted((tmp_path / "masks").glob("*_pred.png"))
+    masks = sorted((tmp_path / "masks").rglob("*_pred.png"))
+    sources = sorted(images.rglob("*.png"))
+    assert [m.relative_to(tmp_path / "masks").parent for m in masks] == [s.relative_to(images).parent for s in sources]
     assert len(masks) == 3
     with Image.open(masks[0]) as mask:
         assert mask.size == (128, 64) and mask.mode == "RGB"
+    train_ids = np.asarray(Image.open(str(masks[0]).replace("_pred.png", "_trainIds.png")))
+    label_ids = np.asarray(Image.open(str(masks[0]).replace("_pred.png", "_labelIds.png")))
+    from cityscapesscripts.helpers.labels import trainId2label
+
+    np.testing.assert_array_equal(label_ids, np.vectorize(lambda t: trainId2label[t].id)(train_ids))
 
 
 def test_ddp_two_cpu_processes_keep_identical_weights(store, tmp_path):
@@ -182,3 +193,19 @@ def test_fit_eval_predict_on_a_mixed_size_dataset(tmp_path):
     written = predict_folder(run / "last.pt", root / "images" / "val", tmp_path / "pred", progress=False)
     for path, sample in zip(written, dataset.samples("val")):
         assert Image.open(path).size == Image.open(sample.image).size
+
+
+def test_readme_ten_line_loop_runs_and_augments_each_epoch(store, tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    loop = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "for epoch in range" in block)
+    assert len([line for line in loop.strip().splitlines() if line.strip()]) <= 14
+    monkeypatch.chdir(tmp_path)
+    code = loop.replace('"demo-store.zarr"', repr(store)).replace("crop=(128, 256)", "crop=(16, 32)")
+    code = code.replace("num_workers=2", "num_workers=1").replace("range(3)", "range(2)")
+    namespace: dict = {}
+    torch.manual_seed(0)
+    exec(code, namespace)
+    assert np.isfinite(namespace["loss"].item())
+    dataset = namespace["dataset"]
+    first, second = dataset[0], dataset[0]  # a plain index draws a new augmentation each time
+    assert first["image"].shape == (3, 16, 32) and not torch.equal(first["image"], second["image"])

@@ -40,8 +40,13 @@ def test_pretrained_weights_come_from_a_local_file(tmp_path):
     model = build_model("deeplabv3plus_r18", 19, pretrained=path)
     torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
     torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.backbone.pretrained_tensors == (len(model.backbone.state_dict()),) * 2
     with pytest.raises(SoftprepError, match="pretrained weights file not found"):
         build_model("deeplabv3plus_r18", 19, pretrained=tmp_path / "missing.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save(timm.create_model("resnet50", pretrained=False).state_dict(), wrong)
+    with pytest.raises(SoftprepError, match=r"only \d+ of the \d+ tensors of resnet18's backbone match this file"):
+        build_model("deeplabv3plus_r18", 19, pretrained=wrong)
 
 
 def test_unknown_model():
