@@ -18,6 +18,7 @@ _EXPORTS = {
     "ce_nn_loss": "losses", "kl_loss": "losses",
     "MODELS": "models", "build_model": "models",
     "TrainConfig": "train", "fit": "train", "normalise": "train",
+    "ToSoftLabel": "transforms", "SoftMask": "transforms", "albumentations_soft_label": "transforms",
 }
 
 __all__ = list(_EXPORTS)
