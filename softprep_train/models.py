@@ -153,9 +153,13 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, name: str) -> t
     state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
     own = backbone.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(matched) < MIN_PRETRAINED_MATCH * len(own):
-        raise SoftprepError(f"{path}: only {len(matched)} of the {len(own)} tensors of {name}'s backbone match this "
-                            "file by name and shape; is it a checkpoint of that backbone?")
+    # judged on the weight tensors (convolutions, linear layers): BN statistics and counters of a
+    # common width match between unrelated networks by chance
+    weights = [k for k, v in own.items() if v.ndim >= 2]
+    matched_weights = sum(k in matched for k in weights)
+    if matched_weights < MIN_PRETRAINED_MATCH * len(weights):
+        raise SoftprepError(f"{path}: only {matched_weights} of the {len(weights)} weight tensors of {name}'s backbone "
+                            "match this file by name and shape; is it a checkpoint of that backbone?")
     backbone.load_state_dict(matched, strict=False)
     return len(matched), len(own)
 
