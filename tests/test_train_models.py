@@ -45,7 +45,7 @@ def test_pretrained_weights_come_from_a_local_file(tmp_path):
         build_model("deeplabv3plus_r18", 19, pretrained=tmp_path / "missing.pth")
     wrong = tmp_path / "wrong.pth"
     torch.save(timm.create_model("resnet50", pretrained=False).state_dict(), wrong)
-    with pytest.raises(SoftprepError, match=r"only 1 of the \d+ weight tensors of resnet18's backbone match this file"):
+    with pytest.raises(SoftprepError, match=r"only \d+ of the 20 weight tensors of resnet18's backbone match this file"):
         build_model("deeplabv3plus_r18", 19, pretrained=wrong)
 
 
