@@ -356,6 +356,7 @@ def store_lock(path: str | Path):
     path = Path(path)
     lock_path = path.with_name(f".{path.name}.lock")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a+")
     except OSError as error:
         raise SoftprepError(f"{path}: cannot create the lock file {lock_path} ({error.strerror}); "
