@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from softprep.datasets.base import Dataset, Sample, lookup_table, pair_by_stem
-from softprep.errors import SoftprepError
+from softprep.datasets.base import StemPairedDataset, lookup_table
 
 #: The 150 SceneParsing classes (objectInfo150), index = train id, with the colours of the
 #: benchmark's visualisation palette.
@@ -62,24 +61,15 @@ SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 _LUT = lookup_table({0: 255, **{raw: raw - 1 for raw in range(1, len(CLASSES) + 1)}})
 
 
-class ADE20K(Dataset):
+class ADE20K(StemPairedDataset):
     name = "ade20k"
     classes = tuple(name for name, _ in CLASSES)
     palette = tuple(colour for _, colour in CLASSES)
+    layout = "ADEChallengeData2016's images/{training,validation}/*.jpg + annotations/.../*.png"
 
-    def _folders(self, split: str):
+    def folders(self, split: str):
         folder = SPLIT_FOLDERS.get(split, split)
         return self.root / "images" / folder, self.root / "annotations" / folder
-
-    def has_split(self, split: str) -> bool:
-        return all(folder.is_dir() for folder in self._folders(split))
-
-    def samples(self, split: str) -> list[Sample]:
-        if not self.has_split(split):
-            images, _ = self._folders(split)
-            raise SoftprepError(f"{images}: split folder not found; expected ADEChallengeData2016's layout "
-                                f"images/{SPLIT_FOLDERS.get(split, split)}/*.jpg + annotations/.../*.png under --root")
-        return pair_by_stem(*self._folders(split))
 
     def _label_to_train_ids(self, raw: np.ndarray, path) -> np.ndarray:
         return self._map_ids(raw, _LUT, path)

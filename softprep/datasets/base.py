@@ -204,3 +204,25 @@ def lookup_table(table: dict[int, int]) -> np.ndarray:
     for raw, train in table.items():
         lut[raw] = train
     return lut
+
+
+class StemPairedDataset(Dataset):
+    """An adapter whose splits are an image folder and a label folder paired by file stem.
+
+    Subclasses implement :meth:`folders` and set ``layout`` (the expected layout, for errors).
+    """
+
+    layout: str = ""
+
+    def folders(self, split: str) -> tuple[Path, Path]:
+        """``(image folder, label folder)`` of ``split``."""
+        raise NotImplementedError
+
+    def has_split(self, split: str) -> bool:
+        return all(folder.is_dir() for folder in self.folders(split))
+
+    def samples(self, split: str) -> list[Sample]:
+        if not self.has_split(split):
+            missing = next(folder for folder in self.folders(split) if not folder.is_dir())
+            raise SoftprepError(f"{missing}: split folder not found; expected {self.layout} under --root")
+        return pair_by_stem(*self.folders(split))

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import Dataset, Sample, lookup_table, pair_by_stem
-from softprep.errors import SoftprepError
+from softprep.datasets.base import StemPairedDataset, lookup_table
 
 #: SegNet's classes and the colours its scripts draw them with, index = train id.
 CLASSES = (
@@ -24,25 +23,20 @@ UNLABELLED = 11
 _LUT = lookup_table({**{i: i for i in range(len(CLASSES))}, UNLABELLED: 255})
 
 
-class CamVid(Dataset):
+class CamVid(StemPairedDataset):
     name = "camvid"
     classes = tuple(name for name, _ in CLASSES)
     palette = tuple(colour for _, colour in CLASSES)
     default_splits = ("train", "val", "test")
+    layout = "SegNet's CamVid layout SPLIT/*.png + SPLITannot/*.png"
 
     def __init__(self, root: str | Path):
         super().__init__(root)
         if not (self.root / "train").is_dir() and (self.root / "CamVid").is_dir():
             self.root = self.root / "CamVid"
 
-    def has_split(self, split: str) -> bool:
-        return (self.root / split).is_dir() and (self.root / f"{split}annot").is_dir()
-
-    def samples(self, split: str) -> list[Sample]:
-        if not self.has_split(split):
-            raise SoftprepError(f"{self.root / split}: split folder not found; expected SegNet's CamVid layout "
-                                f"{split}/*.png + {split}annot/*.png under --root")
-        return pair_by_stem(self.root / split, self.root / f"{split}annot")
+    def folders(self, split: str) -> tuple[Path, Path]:
+        return self.root / split, self.root / f"{split}annot"
 
     def _label_to_train_ids(self, raw: np.ndarray, path) -> np.ndarray:
         return self._map_ids(raw, _LUT, path)

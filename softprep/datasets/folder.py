@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import Dataset, Sample, lookup_table, pair_by_stem
+from softprep.datasets.base import StemPairedDataset, lookup_table
 from softprep.errors import SoftprepError
 
 CLASS_TABLE = "classes.json"
@@ -55,8 +55,9 @@ def load_class_table(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int,
     return names, colours, mapping
 
 
-class Folder(Dataset):
+class Folder(StemPairedDataset):
     name = "folder"
+    layout = "images/[SPLIT/] and masks/[SPLIT/]"
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -74,19 +75,10 @@ class Folder(Dataset):
         images = self.root / "images"
         return sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
 
-    def _folders(self, split: str) -> tuple[Path, Path]:
+    def folders(self, split: str) -> tuple[Path, Path]:
         if self._flat and split == FLAT_SPLIT:
             return self.root / "images", self.root / "masks"
         return self.root / "images" / split, self.root / "masks" / split
-
-    def has_split(self, split: str) -> bool:
-        return all(folder.is_dir() for folder in self._folders(split))
-
-    def samples(self, split: str) -> list[Sample]:
-        if not self.has_split(split):
-            raise SoftprepError(f"{self._folders(split)[0]}: split folder not found; expected images/[SPLIT/] and "
-                                "masks/[SPLIT/] under --root")
-        return pair_by_stem(*self._folders(split))
 
     def _label_to_train_ids(self, raw: np.ndarray, path) -> np.ndarray:
         return self._map_ids(raw, self._lut, path)

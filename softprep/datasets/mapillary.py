@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import Dataset, Sample, lookup_table, pair_by_stem
+from softprep.datasets.base import StemPairedDataset, lookup_table
 from softprep.errors import SoftprepError
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
@@ -111,9 +111,10 @@ def load_labels(root: Path, version: str) -> list[dict]:
                             "restore it or remove it to use the built-in class table") from None
 
 
-class MapillaryVistas(Dataset):
+class MapillaryVistas(StemPairedDataset):
     name = "mapillary"
     version = "v1.2"
+    layout = "the Vistas layout {training,validation}/images/*.jpg + .../VERSION/labels/*.png"
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -127,19 +128,9 @@ class MapillaryVistas(Dataset):
         table.update({raw: train for train, raw in enumerate(evaluated)})
         self._lut = lookup_table(table)
 
-    def _folders(self, split: str) -> tuple[Path, Path]:
+    def folders(self, split: str) -> tuple[Path, Path]:
         folder = self.root / SPLIT_FOLDERS.get(split, split)
         return folder / "images", folder / self.version / "labels"
-
-    def has_split(self, split: str) -> bool:
-        return all(folder.is_dir() for folder in self._folders(split))
-
-    def samples(self, split: str) -> list[Sample]:
-        if not self.has_split(split):
-            images, labels = self._folders(split)
-            raise SoftprepError(f"{labels}: split folder not found; expected the Vistas layout "
-                                f"{SPLIT_FOLDERS.get(split, split)}/images/*.jpg + .../{self.version}/labels/*.png under --root")
-        return pair_by_stem(*self._folders(split))
 
     def _label_to_train_ids(self, raw: np.ndarray, path) -> np.ndarray:
         return self._map_ids(raw, self._lut, path)
