@@ -565,6 +565,7 @@ class StoredSample:
         self.id = view.ids[index]
         self.shape: tuple[int, int] = tuple(int(v) for v in view.sizes[index])
         self.position = view.positions[index]
+        self._done_checked = False
 
     @property
     def where(self) -> str:
@@ -574,9 +575,11 @@ class StoredSample:
         """The ``name`` array of this image (first ``planes`` slots), cropped to its size."""
         h, w = self.shape
         try:
-            if not self.view.store.root[self.view.split]["done"][self.index]:
-                raise SoftprepError(f"{self.where}: not built (its shard is unfinished, or being rebuilt); "
-                                    "finish the store with `softprep build`")
+            if not self._done_checked:  # once per sample object: one small chunk read, not one per array
+                if not self.view.store.root[self.view.split]["done"][self.index]:
+                    raise SoftprepError(f"{self.where}: not built (its shard is unfinished, or being rebuilt); "
+                                        "finish the store with `softprep build`")
+                self._done_checked = True
             array = self.view.bucket(self.index)[name]
             if not shard_file(array, self.position, self.view.store.path).is_file():
                 raise SoftprepError(f"{self.where}: the {name} shard file is missing; rebuild the store "
