@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
 from softprep.errors import SoftprepError
+from softprep.kernels import DEFAULT_KERNEL
 from softprep.plan import parse_target, plan_for_size, resampling_plan
 from softprep.resample import IGNORE_INDEX, resize_image, soft_label
 from softprep_train.data import taps_to_matrix
@@ -52,7 +53,7 @@ class SoftMask(tv_tensors.TVTensor):
         return cls._wrap(tensor)
 
 
-def soft_label_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, target=None, kernel: str = "bilinear",
+def soft_label_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, target=None, kernel: str = DEFAULT_KERNEL,
                     antialias: bool = False, ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray]:
     """``(H, W, 3) uint8`` image and ``(H, W)`` train-id mask -> ``(h, w, 3) uint8`` image and
     ``(C, h, w) float32`` soft label at ``target`` (``None``: full resolution, one-hot)."""
@@ -67,7 +68,7 @@ class ToSoftLabel(Transform):
     or None for full resolution), both resampled with ``kernel``. Images are ``tv_tensors.Image``
     (``(3, H, W) uint8``) or PIL images; masks ``tv_tensors.Mask`` of train ids (``ignore_index`` unlabelled)."""
 
-    def __init__(self, num_classes: int, target=None, kernel: str = "bilinear", antialias: bool = False,
+    def __init__(self, num_classes: int, target=None, kernel: str = DEFAULT_KERNEL, antialias: bool = False,
                  ignore_index: int = IGNORE_INDEX):
         super().__init__()
         self.num_classes, self.kernel, self.antialias, self.ignore_index = num_classes, kernel, antialias, ignore_index
@@ -97,7 +98,7 @@ class ToSoftLabel(Transform):
         return inpt
 
 
-def albumentations_soft_label(num_classes: int, target=None, kernel: str = "bilinear", antialias: bool = False):
+def albumentations_soft_label(num_classes: int, target=None, kernel: str = DEFAULT_KERNEL, antialias: bool = False):
     """An albumentations-style callable: ``f(image=HxWx3 uint8, mask=HxW) -> {"image", "mask"}`` with
     ``mask`` the ``(h, w, C) float32`` soft label (channels last, as albumentations keeps masks)."""
 
