@@ -27,12 +27,12 @@ def stored(demo_root, tmp_path_factory):
 def test_to_soft_label_equals_the_stored_sample(stored):
     store, image, label = stored
     sample = store.samples("val", 0.25)[0]
-    out_image, soft = ToSoftLabel(19, target=0.25)(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+    out_image, soft = ToSoftLabel(19, target=0.25, kernel="bilinear")(tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
                                                    tv_tensors.Mask(torch.from_numpy(label)))
     assert isinstance(soft, SoftMask) and isinstance(out_image, tv_tensors.Image)
     np.testing.assert_array_equal(out_image.permute(1, 2, 0).numpy(), sample.image)
     np.testing.assert_array_equal(soft.numpy(), sample.soft())
-    albu = albumentations_soft_label(19, target=0.25)(image=image, mask=label)
+    albu = albumentations_soft_label(19, target=0.25, kernel="bilinear")(image=image, mask=label)
     np.testing.assert_array_equal(albu["mask"].transpose(2, 0, 1), sample.soft())
     np.testing.assert_array_equal(albu["image"], sample.image)
 
@@ -41,7 +41,7 @@ def test_compose_carries_the_soft_label_through_flip_crop_and_resize(stored):
     store, image, label = stored
     stored_half = store.samples("val", 0.5)[0]
     image_t, mask_t = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)), tv_tensors.Mask(torch.from_numpy(label))
-    flip_crop = v2.Compose([ToSoftLabel(19, target=0.5), v2.RandomHorizontalFlip(p=1.0), v2.RandomCrop((20, 40))])
+    flip_crop = v2.Compose([ToSoftLabel(19, target=0.5, kernel="bilinear"), v2.RandomHorizontalFlip(p=1.0), v2.RandomCrop((20, 40))])
     torch.manual_seed(3)
     out_image, soft = flip_crop(image_t, mask_t)
     dense = torch.from_numpy(stored_half.soft()).flip(-1)
