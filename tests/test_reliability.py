@@ -331,10 +331,16 @@ def test_damaged_checkpoints_are_refused_with_one_line(run, tmp_path):
     }
     messages = {"flipped": "checksum mismatch", "truncated": "not a readable checkpoint", "empty": "checkpoint is empty",
                 "garbage": "not a readable checkpoint"}
+    from softprep_train.checkpoint import load_checkpoint_state
+
     for name, content in cases.items():
         path = tmp_path / f"{name}.pt"
         path.write_bytes(content)
-        assert_one_line_error(train_cli("eval", "--checkpoint", path, "--store", store), str(path), messages[name])
+        with pytest.raises(SoftprepError, match=messages[name]) as error:
+            load_checkpoint_state(path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value)
+    # the CLI turns each into one line (one case is enough to show the path)
+    assert_one_line_error(train_cli("eval", "--checkpoint", tmp_path / "flipped.pt", "--store", store), "checksum mismatch")
 
 
 def test_resume_accepts_the_store_by_any_path_and_a_moved_run_folder(run, tmp_path):
