@@ -30,4 +30,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_datasets.py
 
 clean:
-	rm -rf $(DEMO_DATA) $(DEMO_STORE) .pytest_cache
+	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache
