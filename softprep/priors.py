@@ -75,11 +75,11 @@ class ClassMass:
         """Add ``(N, C)`` per-image masses: integer numerators over their own ``(N,)`` denominators
         (``None``: float masses), image ``n`` multiplied by ``weights[n]``. Images sharing a
         denominator and weight are summed first, so a split of one size costs one Fraction per class."""
-        keys = [(None if denominators is None else int(d), w) for d, w in
-                zip(denominators if denominators is not None else [None] * len(weights), weights)]
-        for key in dict.fromkeys(keys):
-            rows = [n for n, k in enumerate(keys) if k == key]
-            self.add(mass[rows], key[0], key[1])
+        groups: dict[tuple, list[int]] = {}  # one pass: a split of 20k sizes is not 20k scans
+        for n, weight in enumerate(weights):
+            groups.setdefault((None if denominators is None else int(denominators[n]), weight), []).append(n)
+        for (denominator, weight), rows in groups.items():
+            self.add(mass[rows], denominator, weight)
 
     def shares(self) -> list[Number]:
         """``p_c``: each class's share of the total mass (0 everywhere for an empty total)."""
