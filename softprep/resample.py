@@ -5,8 +5,8 @@ are computed from the very same :class:`~softprep.kernels.AxisWeights`, so they 
 construction.
 
 Soft labels never materialise the ``(C, H, W)`` one-hot volume. Most output pixels see a single
-class under their kernel window; they are found with run-length bookkeeping (a pixel is
-single-class iff no label change falls inside its window, in either axis) and written directly.
+class under their kernel window; they are found with separable window minima and maxima (a pixel
+is single-class iff the smallest and largest code in its window agree) and written directly.
 Only the remaining multi-class pixels gather their windows and sum weights per class.
 """
 
@@ -61,12 +61,10 @@ class PreparedLabel:
 
     Attributes:
         codes: ``(H, W) uint8`` class ids with ignore replaced by ``num_classes`` (the void code).
-        row_changes: ``(H, W) int32`` per row, the running count of label changes from the left.
         num_classes: ``C``.
     """
 
     codes: np.ndarray
-    row_changes: np.ndarray
     num_classes: int
 
     def class_counts(self) -> np.ndarray:
@@ -86,9 +84,7 @@ def prepare_label(label: np.ndarray, num_classes: int, ignore_index: int = IGNOR
     if codes.max(initial=0) > num_classes:
         bad = int(label[(codes > num_classes)].flat[0])
         raise ValueError(f"label value {bad} is neither a class id (< {num_classes}) nor ignore ({ignore_index})")
-    changes = np.zeros(codes.shape, dtype=np.int32)
-    np.cumsum(codes[:, 1:] != codes[:, :-1], axis=1, out=changes[:, 1:])
-    return PreparedLabel(codes, changes, num_classes)
+    return PreparedLabel(codes, num_classes)
 
 
 def soft_label(
@@ -144,23 +140,27 @@ def soft_label(
 def _single_class_pixels(label: PreparedLabel, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:
     """``(H', W') bool``: True where every source pixel in the kernel window has the same code.
 
-    Conservative: a window is the index range ``[min tap, max tap]`` of each axis.
+    Conservative: a window is the index range ``[min tap, max tap]`` of each axis. A window is
+    single-class iff its smallest and largest code agree; both are reduced rows first, then columns
+    (on the transposed, already short map, so every gather takes whole contiguous rows).
     """
-    x_lo, x_hi = wx.index.min(axis=1), wx.index.max(axis=1)
-    y_lo, y_hi = wy.index.min(axis=1), wy.index.max(axis=1)
-    rows = np.arange(label.codes.shape[0])[:, None]
-    # Per source row h and output column v: is the row's window constant, and with which code?
-    row_pure = label.row_changes[:, x_hi] == label.row_changes[:, x_lo]  # (H, W')
-    row_code = label.codes[rows, x_lo]  # (H, W')
-    # Then per output pixel: are all rows of its window constant and of one code? Windows are
-    # short vertically, so walk their rows (clamped at each window's end) rather than cumsum.
-    first_code = row_code[y_lo]
-    pure = row_pure[y_lo].copy()
-    for offset in range(1, int((y_hi - y_lo).max()) + 1):
-        rows = np.minimum(y_lo + offset, y_hi)
-        pure &= row_pure[rows]
-        pure &= row_code[rows] == first_code
-    return pure
+    low, high = _window_extremes(label.codes, wy)  # (H', W)
+    low = _window_extremes(np.ascontiguousarray(low.T), wx)[0]  # (W', H')
+    high = _window_extremes(np.ascontiguousarray(high.T), wx)[1]
+    return (low == high).T
+
+
+def _window_extremes(rows: np.ndarray, taps: AxisWeights) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest value of ``rows`` (``(N, X)``) over each output's row window:
+    two ``(taps.out_size, X)`` arrays of ``rows.dtype``."""
+    first, last = taps.index.min(axis=1), taps.index.max(axis=1)
+    low = rows[first]
+    high = low.copy()
+    for offset in range(1, int((last - first).max(initial=0)) + 1):
+        row = rows[np.minimum(first + offset, last)]
+        np.minimum(low, row, out=low)
+        np.maximum(high, row, out=high)
+    return low, high
 
 
 def _mixed_class_mass(
