@@ -125,16 +125,12 @@ def soft_label(
     exact = wy.denominator is not None and wx.denominator is not None
     denominator = wy.denominator * wx.denominator if exact else None
 
-    pure_index = np.flatnonzero(pure)
-    pure_class = codes[wy.index[:, 0]][:, wx.index[:, 0]].ravel()[pure_index]
-    pure_class = np.where(pure_class == void, EMPTY, pure_class).astype(np.uint8)
+    pure_class = codes[wy.index[:, 0]][:, wx.index[:, 0]]
+    pure_class[pure_class == void] = EMPTY
 
     mixed_index = np.flatnonzero(~pure)
     mass = _mixed_class_mass(codes, void, mixed_index, shape, wy, wx, exact)
-    return from_sparse_rows(
-        shape, pure_index, pure_class, denominator if exact else 1.0,
-        mixed_index, mass, void, denominator,
-    )
+    return from_sparse_rows(pure_class, denominator if exact else 1.0, mixed_index, mass, void, denominator)
 
 
 def _single_class_pixels(label: PreparedLabel, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:

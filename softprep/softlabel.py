@@ -105,8 +105,6 @@ class SoftLabel:
 
 
 def from_sparse_rows(
-    shape: tuple[int, int],
-    pure_index: np.ndarray,
     pure_class: np.ndarray,
     pure_weight: float | int,
     mixed_index: np.ndarray,
@@ -117,14 +115,13 @@ def from_sparse_rows(
     """Assemble a :class:`SoftLabel` from single-class and multi-class pixels.
 
     Args:
-        shape: ``(H', W')``.
-        pure_index: ``(P,) int`` flat indices of single-class pixels (``EMPTY`` class: ignored).
-        pure_class: ``(P,) uint8`` their class.
+        pure_class: ``(H', W') uint8`` the class of each single-class pixel (``EMPTY``: ignored);
+            the values at multi-class pixels are overwritten.
         pure_weight: the weight a single-class pixel carries (``denominator``, or 1.0).
-        mixed_index: ``(M,) int`` flat indices of the other pixels.
+        mixed_index: ``(M,) int`` flat indices of the multi-class pixels.
         mixed_mass: ``(M, C)`` per-class weight (numerators when exact); zeros are dropped.
     """
-    h, w = shape
+    h, w = pure_class.shape
     order = np.argsort(-mixed_mass, axis=1, kind="stable")
     sorted_mass = np.take_along_axis(mixed_mass, order, axis=1)
     nonzero = (sorted_mass > 0).sum(axis=1)
@@ -132,8 +129,10 @@ def from_sparse_rows(
 
     classes = np.full((planes, h * w), EMPTY, dtype=np.uint8)
     weights = np.zeros((planes, h * w), dtype=weight_dtype(denominator))
-    classes[0, pure_index] = pure_class
-    weights[0, pure_index] = np.where(pure_class == EMPTY, 0, pure_weight)
+    classes[0] = pure_class.ravel()
+    weights[0] = np.where(classes[0] == EMPTY, 0, pure_weight)
+    classes[0, mixed_index] = EMPTY
+    weights[0, mixed_index] = 0
     for k in range(planes):
         used = nonzero > k
         classes[k, mixed_index[used]] = order[used, k]
