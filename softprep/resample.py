@@ -31,22 +31,37 @@ def resize_image(image: np.ndarray, wy: AxisWeights, wx: AxisWeights) -> np.ndar
         wy, wx: tap tables ``H -> H'`` and ``W -> W'``.
 
     Returns:
-        ``(H', W', 3) uint8``, rounded to nearest and clipped to [0, 255].
+        ``(H', W', 3) uint8``, rounded to nearest (ties to even) and clipped to [0, 255].
     """
-    rows = _apply_taps(image, wy, axis=0)
-    both = _apply_taps(rows, wx, axis=1)
-    return np.clip(np.rint(both), 0, 255).astype(np.uint8)
+    both = _apply_taps(_apply_taps(image, wy, axis=0), wx, axis=1)
+    np.rint(both, out=both)
+    np.clip(both, 0, 255, out=both)
+    return both.astype(np.uint8)
 
 
 def _apply_taps(array: np.ndarray, taps: AxisWeights, axis: int) -> np.ndarray:
-    out = None
-    shape = [1] * array.ndim
-    shape[axis] = taps.out_size
-    for t in range(taps.taps):
-        weight = taps.weight[:, t].astype(np.float32).reshape(shape)
-        term = np.take(array, taps.index[:, t], axis=axis) * weight
-        out = term if out is None else out + term
-    return out
+    """``float32`` weighted sums of ``array`` along ``axis`` (length ``in_size`` -> ``out_size``).
+
+    Whole slices are gathered with ``np.take`` and accumulated in place. The array is viewed as
+    ``(before, axis, after)``; when ``after`` is short (the 3 channels behind the last spatial
+    axis) each weight is repeated over it, so every multiply still runs along one long row.
+    """
+    before = int(np.prod(array.shape[:axis]))
+    after = int(np.prod(array.shape[axis + 1:]))
+    flat = array.reshape(before, array.shape[axis], after)
+    weight = taps.weight.T.astype(np.float32)[:, :, None]  # (taps, out, 1)
+    if after < 64:
+        weight = np.ascontiguousarray(np.repeat(weight, after, axis=2))  # (taps, out, after)
+
+    def tap(t: int) -> np.ndarray:
+        return np.take(flat, taps.index[:, t], axis=1)
+
+    out = np.multiply(tap(0), weight[0], dtype=np.float32)
+    term = np.empty_like(out)
+    for t in range(1, taps.taps):
+        np.multiply(tap(t), weight[t], out=term)
+        out += term
+    return out.reshape(*array.shape[:axis], taps.out_size, *array.shape[axis + 1:])
 
 
 def nearest_labels(label: np.ndarray, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:
