@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
-from softprep.parallel import run_tasks
+from softprep.parallel import default_jobs, run_tasks
 from softprep.plan import ResamplingPlan, Target, parse_targets
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
+from softprep.softlabel import pack
 from softprep.store import (
     DEFAULT_SHARD_SIZE, SampleRecords, SampleResult, SplitSpec, StoreSpec, Task, TargetResult, create_store_atomically,
     delete_store, mark_complete, open_store, remove_partial_files, store_lock, write_records, write_shard,
@@ -44,7 +46,7 @@ def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans
     results = {
         target: TargetResult(
             image=resize_image(image, plan.rows, plan.cols),
-            soft=soft_label(prepared, plan.rows, plan.cols),
+            soft=pack(soft_label(prepared, plan.rows, plan.cols)),
             nn=nearest_labels(label, plan.nearest_rows, plan.nearest_cols),
         )
         for target, plan in plans.items()
@@ -126,24 +128,39 @@ def _refuse_duplicate_ids(samples: list[Sample]) -> None:
 
 
 def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,
-                builder_pid: int | None = None) -> tuple[str, list[SampleRecords]]:
+                builder_pid: int | None = None, read_ahead: bool = False) -> tuple[str, list[SampleRecords]]:
     """Compute and write one shard's pixels; returns its split and the records of its images.
 
     ``builder_pid``: the process that runs the build. A worker whose builder died stops before the
     next image and never writes (the build's lock died with the builder).
+    ``read_ahead``: decode the next image in a thread while this one is computed (the PNG decoder
+    releases the GIL): worth it when a core would otherwise idle.
     """
     split_spec = spec.splits[task.split]
+    samples = [stored_sample(dataset, split_spec, i) for i in task.indices]
     results = []
-    for i in task.indices:
+    for i, sample, (image, label) in zip(task.indices, samples, _read_pairs(dataset, samples, read_ahead)):
         _stop_if_orphaned(builder_pid)
-        sample = stored_sample(dataset, split_spec, i)
-        image, label = dataset.read_pair(sample)
         if [*label.shape] != list(split_spec.sizes[i]):
             raise SoftprepError(f"{sample.label}: size changed since the build was planned; restart with --overwrite")
         results.append(process_sample(dataset, image, label, {t: spec.plan(task.split, i, t) for t in spec.targets}))
     _stop_if_orphaned(builder_pid)
     write_shard(store_path, spec, task, results)
     return task.split, [SampleRecords.of(i, r) for i, r in zip(task.indices, results)]
+
+
+def _read_pairs(dataset: Dataset, samples: list[Sample], read_ahead: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Decoded ``(image, label)`` of each sample in order; with ``read_ahead``, one decode ahead in a thread."""
+    if not read_ahead or len(samples) < 2:
+        yield from (dataset.read_pair(s) for s in samples)
+        return
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(dataset.read_pair, samples[0])
+        for following in [*samples[1:], None]:
+            pair = pending.result()
+            if following is not None:
+                pending = reader.submit(dataset.read_pair, following)
+            yield pair
 
 
 def _stop_if_orphaned(builder_pid: int | None) -> None:
@@ -233,7 +250,9 @@ def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None
         progress(skipped, total)
 
     built = 0
-    calls = [(str(out), dataset, spec, task, os.getpid()) for task in todo]
+    # A worker decodes ahead in a thread when there are more cores than workers.
+    read_ahead = min(default_jobs(jobs), max(len(todo), 1)) < (os.cpu_count() or 1)
+    calls = [(str(out), dataset, spec, task, os.getpid(), read_ahead) for task in todo]
     for split, records in run_tasks(build_shard, calls, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
         write_records(out, split, records)
         built += len(records)

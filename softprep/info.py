@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.store import open_store
+from softprep.store import SOFT_LABEL_ARRAYS, open_store
 
 
 def disk_bytes(path: Path) -> int:
@@ -32,7 +32,7 @@ def describe(path: str | Path) -> dict:
             group_path = store.path / split / target
             buckets = [group_path / b for b in members]
             pixels = view.sizes[:, 0].astype(np.int64) * view.sizes[:, 1]
-            soft = sum(disk_bytes(b / name) for b in buckets for name in ("classes", "weights"))
+            soft = sum(disk_bytes(b / name) for b in buckets for name in SOFT_LABEL_ARRAYS)
             denominators = np.unique(view.denominators).tolist()
             entry["targets"][target] = {
                 "smallest": view.sizes[int(np.argmin(pixels))].tolist(), "largest": view.sizes[int(np.argmax(pixels))].tolist(),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from softprep.kernels import AxisWeights
-from softprep.softlabel import EMPTY, SoftLabel, from_sparse_rows
+from softprep.softlabel import EMPTY, MAX_CLASSES, SoftLabel, from_sparse_rows
 
 #: Label value that marks unlabelled pixels in train-id maps.
 IGNORE_INDEX = 255
@@ -92,8 +92,8 @@ def prepare_label(label: np.ndarray, num_classes: int, ignore_index: int = IGNOR
     precompute what every scale needs."""
     if label.ndim != 2:
         raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
-    if num_classes >= EMPTY:
-        raise ValueError(f"at most {EMPTY - 1} classes are supported, got {num_classes}")
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {num_classes}")
     codes = label.astype(np.uint8, copy=True)
     codes[label == ignore_index] = num_classes
     if codes.max(initial=0) > num_classes:

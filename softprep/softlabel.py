@@ -22,6 +22,10 @@ import numpy as np
 
 #: Class code of an unused slot, and of an ignored pixel in a hard label map.
 EMPTY = 255
+#: Code of a multi-class pixel in a packed soft label's class map (its slots are in the lists).
+MIXED = 254
+#: Most classes a soft label can carry (class ids stay below ``MIXED``).
+MAX_CLASSES = MIXED
 
 
 def weight_dtype(denominator: int | None) -> np.dtype:
@@ -138,3 +142,104 @@ def from_sparse_rows(
         classes[k, mixed_index[used]] = order[used, k]
         weights[k, mixed_index[used]] = sorted_mass[used, k]
     return SoftLabel(classes.reshape(planes, h, w), weights.reshape(planes, h, w), num_classes, denominator)
+
+
+@dataclass
+class PackedSoftLabel:
+    """A :class:`SoftLabel` as stored: a class map for the single-class pixels, lists for the rest.
+
+    Most pixels carry one class with full weight (or nothing); only the few multi-class pixels
+    need slots. Nothing derivable is stored: a single-class pixel's weight is the full weight,
+    and (integer weights) a mixed pixel's dominant weight is the full weight less its ignored
+    share and its other slots.
+
+    Attributes:
+        classes: ``(H', W') uint8``: the class of a single-class pixel, ``EMPTY`` where nothing is
+            labelled, ``MIXED`` at multi-class pixels.
+        mixed_classes: ``(K, M) uint8`` the slot classes of the ``M`` mixed pixels in row-major
+            order, largest weight first, ``EMPTY`` when unused.
+        mixed_weights: ``(K, M)``: integer weights: row 0 the *ignored share* (``denominator``
+            less the pixel's weights), row ``k >= 1`` slot ``k``'s weight; ``float32`` weights:
+            every slot's weight (a derived float would not round-trip).
+    """
+
+    classes: np.ndarray
+    mixed_classes: np.ndarray
+    mixed_weights: np.ndarray
+    num_classes: int
+    denominator: int | None
+
+    @property
+    def mixed(self) -> int:
+        """``M``, the number of multi-class pixels."""
+        return self.mixed_classes.shape[1]
+
+    @property
+    def planes(self) -> int:
+        """``K``, the most classes any pixel carries (at least 1)."""
+        return max(1, self.mixed_classes.shape[0])
+
+    @property
+    def exact(self) -> bool:
+        return self.denominator is not None
+
+    @property
+    def full_weight(self) -> int | float:
+        """The weight of a single-class pixel: ``denominator``, or 1.0 for float weights."""
+        return self.denominator if self.exact else 1.0
+
+    def slot_weights(self) -> np.ndarray:
+        """``(K, M)`` every slot's weight of the mixed pixels (slot 0 derived): ``int64`` numerators
+        when exact, else ``float32``."""
+        if not self.exact:
+            return self.mixed_weights.astype(np.float32, copy=False)
+        weights = self.mixed_weights.astype(np.int64)
+        if self.mixed:
+            weights[0] = self.denominator - weights.sum(axis=0)
+        return weights
+
+    def class_mass(self) -> np.ndarray:
+        """``(C,)`` total weight per class, as :meth:`SoftLabel.class_mass` (without unpacking)."""
+        c = self.num_classes
+        single = np.bincount(self.classes.ravel(), minlength=256)[:c]
+        listed = np.bincount(np.minimum(self.mixed_classes, c).ravel(), weights=self.slot_weights().ravel().astype(np.float64),
+                             minlength=c + 1)[:c]
+        if self.exact:
+            return single.astype(np.int64) * self.denominator + np.rint(listed).astype(np.int64)
+        return single.astype(np.float64) + listed
+
+
+def pack(soft: SoftLabel) -> PackedSoftLabel:
+    """Lossless :class:`PackedSoftLabel` of ``soft`` (``unpack(pack(s))`` equals ``s``)."""
+    classes, weights = soft.classes, soft.weights
+    full = soft.denominator if soft.exact else 1.0
+    mixed = (classes[0] != EMPTY) & (weights[0] != full)
+    if soft.planes > 1:
+        mixed |= classes[1] != EMPTY
+    packed_classes = np.where(mixed, np.uint8(MIXED), classes[0])
+    mixed_classes = classes[:, mixed]
+    mixed_weights = weights[:, mixed].copy()
+    if soft.exact:
+        total = mixed_weights.sum(axis=0, dtype=np.int64)
+        mixed_weights[0] = soft.denominator - total
+    return PackedSoftLabel(packed_classes, mixed_classes, mixed_weights, soft.num_classes, soft.denominator)
+
+
+def unpack(packed: PackedSoftLabel) -> SoftLabel:
+    """The :class:`SoftLabel` of a packed one: ``(K, H', W')`` slots, ``K`` = :attr:`PackedSoftLabel.planes`."""
+    h, w = packed.classes.shape
+    dtype = weight_dtype(packed.denominator)
+    flat = packed.classes.ravel()
+    where = np.flatnonzero(flat == MIXED)
+    if len(where) != packed.mixed:
+        raise ValueError(f"the class map has {len(where)} mixed pixels, the lists {packed.mixed}")
+    classes = np.full((packed.planes, h * w), EMPTY, dtype=np.uint8)
+    weights = np.zeros((packed.planes, h * w), dtype=dtype)
+    classes[0] = flat
+    weights[0] = np.where(flat == EMPTY, 0, packed.full_weight).astype(dtype)
+    if packed.mixed:
+        k = packed.mixed_classes.shape[0]
+        classes[:k, where] = packed.mixed_classes
+        weights[:k, where] = packed.slot_weights().astype(dtype)
+    return SoftLabel(classes.reshape(packed.planes, h, w), weights.reshape(packed.planes, h, w), packed.num_classes,
+                     packed.denominator)

@@ -1,4 +1,4 @@
-"""The Zarr v3 store (format 2): layout, creation, shard writes and the one reader everything uses.
+"""The Zarr v3 store (format 3): layout, creation, shard writes and the one reader everything uses.
 
 Layout (``docs/store-format.md`` is the full specification)::
 
@@ -14,10 +14,11 @@ Layout (``docs/store-format.md`` is the full specification)::
           mass_numerator (N, C) int64     the same, exact numerators over ``denominator`` (0 where float)
           nn_counts      (N, C) int64     NN pixels per class
           {bucket}/                   images whose full-resolution size falls in one size bucket
-            image    (Nb, Hb, Wb, 3) uint8
-            classes  (Nb, K, Hb, Wb) uint8       slot classes, 255 = empty
-            weights  (Nb, K, Hb, Wb) uint8|uint16|uint32 numerators, or float32 weights
-            nn       (Nb, Hb, Wb) uint8          nearest-neighbour train ids (255 = ignore)
+            image          (Nb, Hb, Wb, 3) uint8
+            classes        (Nb, Hb, Wb) uint8    single-class pixels' class, 254 = mixed, 255 = nothing
+            mixed_classes  (Nb, K, L) uint8      slot classes of the mixed pixels, in row-major order
+            mixed_weights  (Nb, K, L) uint8|uint16|uint32|float32  their weights (row 0: ignored share)
+            nn             (Nb, Hb, Wb) uint8    nearest-neighbour train ids (255 = ignore)
 
 Images are grouped into *size buckets* by their full-resolution size (each side rounded up to a
 grid of four steps per octave): a bucket's arrays are as large as its largest member, so reading
@@ -45,10 +46,10 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from softprep.errors import SoftprepError
 from softprep.plan import ResamplingPlan, parse_target, resampling_plan
-from softprep.softlabel import EMPTY, SoftLabel, weight_dtype
+from softprep.softlabel import EMPTY, MIXED, PackedSoftLabel, SoftLabel, pack, unpack, weight_dtype
 
 FORMAT = "softprep-store"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ZSTD_LEVEL = 3
 #: Most images per shard file (the resume unit).
 DEFAULT_SHARD_SIZE = 8
@@ -57,6 +58,11 @@ BUCKET_STEPS_PER_OCTAVE = 4
 #: Output pixels (all targets summed) one shard may hold: bounds a worker's memory, since a worker
 #: keeps one shard's results until it writes them (24 MP images get one image per shard).
 SHARD_PIXEL_BUDGET = 6_000_000
+#: The bucket arrays that hold a soft label (the rest: ``image``, ``nn``).
+SOFT_LABEL_ARRAYS = ("classes", "mixed_classes", "mixed_weights")
+#: Entries per chunk of the mixed-pixel lists: a reader decodes only the chunks its image's
+#: ``M`` entries reach (a few percent of pixels are mixed).
+LIST_CHUNK = 65_536
 #: Images per chunk of the per-image record arrays.
 RECORD_CHUNK = 1024
 
@@ -227,19 +233,22 @@ def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
     group.attrs["exact"] = layout.exact
     group.create_array("image", shape=(n, h, w, 3), chunks=(1, h, w, 3), shards=(shard, h, w, 3),
                        dtype="uint8", fill_value=0, **_codecs())
-    for name, dtype, fill in (("classes", "uint8", EMPTY), ("weights", layout.weights_dtype, 0)):
-        group.create_array(name, shape=(n, k, h, w), chunks=(1, 1, h, w), shards=(shard, k, h, w),
+    for name in ("classes", "nn"):
+        group.create_array(name, shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
+                           dtype="uint8", fill_value=EMPTY, **_codecs())
+    chunk = min(h * w, LIST_CHUNK)
+    length = -(-h * w // chunk) * chunk  # whole chunks: a shard is a whole number of chunks
+    for name, dtype, fill in (("mixed_classes", "uint8", EMPTY), ("mixed_weights", layout.weights_dtype, 0)):
+        group.create_array(name, shape=(n, k, length), chunks=(1, 1, chunk), shards=(shard, k, length),
                            dtype=dtype, fill_value=fill, **_codecs())
-    group.create_array("nn", shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
-                       dtype="uint8", fill_value=EMPTY, **_codecs())
 
 
 @dataclass
 class TargetResult:
-    """One image at one target: ``image (h, w, 3) uint8``, its soft label, ``nn (h, w) uint8``."""
+    """One image at one target: ``image (h, w, 3) uint8``, its packed soft label, ``nn (h, w) uint8``."""
 
     image: np.ndarray
-    soft: SoftLabel
+    soft: PackedSoftLabel
     nn: np.ndarray
 
 
@@ -282,23 +291,44 @@ def write_shard(path: str | Path, spec: StoreSpec, task: Task, results: list[Sam
     for target in spec.targets:
         bucket = root[task.split][target][task.bucket]
         per_image = [r.targets[target] for r in results]
-        _, k, h, w = bucket["classes"].shape
-        dtype = bucket["weights"].dtype
-        used = max(s.soft.planes for s in per_image)
+        _, h, w = bucket["classes"].shape
+        packed = [_as_stored(s.soft, bucket["mixed_weights"].dtype) for s in per_image]
         image = np.zeros((len(results), h, w, 3), np.uint8)
-        classes = np.full((len(results), used, h, w), EMPTY, np.uint8)
-        weights = np.zeros((len(results), used, h, w), dtype)
+        classes = np.full((len(results), h, w), EMPTY, np.uint8)
         nn = np.full((len(results), h, w), EMPTY, np.uint8)
-        for i, s in enumerate(per_image):
+        for i, (s, p) in enumerate(zip(per_image, packed)):
             hh, ww = s.nn.shape
             image[i, :hh, :ww] = s.image
-            classes[i, : s.soft.planes, :hh, :ww] = s.soft.classes
-            weights[i, : s.soft.planes, :hh, :ww] = s.soft.weights if dtype.kind == "u" else s.soft.scaled_weights()
+            classes[i, :hh, :ww] = p.classes
             nn[i, :hh, :ww] = s.nn
         bucket["image"][start:stop] = image
-        bucket["classes"][start:stop, :used] = classes
-        bucket["weights"][start:stop, :used] = weights
+        bucket["classes"][start:stop] = classes
         bucket["nn"][start:stop] = nn
+        _write_lists(bucket, start, packed)
+
+
+def _as_stored(soft: PackedSoftLabel, dtype: np.dtype) -> PackedSoftLabel:
+    """``soft`` with the weight encoding of its bucket (an exact image in a float bucket: float weights)."""
+    if dtype.kind == "u" or not soft.exact:
+        return soft
+    plain = unpack(soft)
+    return pack(SoftLabel(plain.classes, plain.scaled_weights(), plain.num_classes, None))
+
+
+def _write_lists(bucket, start: int, packed: list[PackedSoftLabel]) -> None:
+    """The mixed-pixel lists of a shard's images, as far as the longest reaches."""
+    longest = max(p.mixed for p in packed)
+    if not longest:
+        return
+    used = max(p.mixed_classes.shape[0] for p in packed)
+    classes = np.full((len(packed), used, longest), EMPTY, np.uint8)
+    weights = np.zeros((len(packed), used, longest), bucket["mixed_weights"].dtype)
+    for i, p in enumerate(packed):
+        k, m = p.mixed_classes.shape
+        classes[i, :k, :m] = p.mixed_classes
+        weights[i, :k, :m] = p.mixed_weights
+    bucket["mixed_classes"][start:start + len(packed), :used, :longest] = classes
+    bucket["mixed_weights"][start:start + len(packed), :used, :longest] = weights
 
 
 def write_records(path: str | Path, split: str, records: list[SampleRecords]) -> None:
@@ -571,8 +601,9 @@ class StoredSample:
     def where(self) -> str:
         return f"{self.view.store.path}: {self.view.split}/{self.view.target}: image {self.id} (#{self.index})"
 
-    def _read(self, name: str, planes: int | None = None) -> np.ndarray:
-        """The ``name`` array of this image (first ``planes`` slots), cropped to its size."""
+    def _read(self, name: str, planes: int | None = None, entries: int = 0) -> np.ndarray:
+        """The ``name`` array of this image cropped to its size; a list array: its first ``planes``
+        rows and ``entries`` entries."""
         h, w = self.shape
         try:
             if not self._done_checked:  # once per sample object: one small chunk read, not one per array
@@ -581,12 +612,14 @@ class StoredSample:
                                         "finish the store with `softprep build`")
                 self._done_checked = True
             array = self.view.bucket(self.index)[name]
+            if planes is not None and not entries:  # no mixed pixel: nothing was written, nothing to read
+                return np.zeros((planes, 0), array.dtype)
             if not shard_file(array, self.position, self.view.store.path).is_file():
                 raise SoftprepError(f"{self.where}: the {name} shard file is missing; rebuild the store "
                                     "(softprep build ... --overwrite) or restore the file")
             if planes is None:
                 return array[self.position, :h, :w]
-            return array[self.position, :planes, :h, :w]
+            return array[self.position, :planes, :entries]
         except SoftprepError:
             raise
         except Exception as error:  # noqa: BLE001 - zstd/crc32c failures, missing metadata: name the image
@@ -601,10 +634,16 @@ class StoredSample:
 
     def soft_label(self) -> SoftLabel:
         """The sparse :class:`SoftLabel` as stored."""
+        return unpack(self.packed())
+
+    def packed(self) -> PackedSoftLabel:
+        """The :class:`PackedSoftLabel` as stored (class map and mixed-pixel lists)."""
+        classes = self._read("classes")
+        mixed = int(np.count_nonzero(classes == MIXED))
         k = max(1, int(self.view.group["planes"][self.index]))
-        classes, weights = self._read("classes", k), self._read("weights", k)
-        denominator = int(self.view.denominators[self.index]) if weights.dtype.kind == "u" else None
-        return SoftLabel(classes, weights, len(self.view.store.classes), denominator)
+        mixed_classes, mixed_weights = self._read("mixed_classes", k, mixed), self._read("mixed_weights", k, mixed)
+        denominator = int(self.view.denominators[self.index]) if mixed_weights.dtype.kind == "u" else None
+        return PackedSoftLabel(classes, mixed_classes, mixed_weights, len(self.view.store.classes), denominator)
 
     def soft(self, dense: bool = True) -> np.ndarray | SoftLabel:
         """``(C, h, w) float32`` per-class weights (``dense=False``: the sparse SoftLabel)."""

@@ -25,10 +25,11 @@ from softprep.build import stored_sample
 from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label
-from softprep.softlabel import EMPTY, SoftLabel
+from softprep.softlabel import EMPTY, MIXED, PackedSoftLabel, SoftLabel, unpack
 from softprep.store import Store, TargetView, attrs_digest, open_store, shard_file
 
-SAMPLE_ARRAYS = ("image", "classes", "weights", "nn")
+SAMPLE_ARRAYS = ("image", "classes", "nn")
+LIST_ARRAYS = ("mixed_classes", "mixed_weights")
 RECORD_ARRAYS = ("sizes", "denominator", "planes", "mass", "mass_numerator", "nn_counts")
 FLOAT_TOLERANCE = 1e-5
 
@@ -146,25 +147,37 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
         problems.append(f"denominator: records {int(view.denominators[i])}, the plan gives {plan.denominator or 0}")
     bucket, position = view.bucket(i), view.positions[i]
     for name in SAMPLE_ARRAYS:
-        array = bucket[name]
-        if not shard_file(array, position, store.path).is_file():
-            problems.append(f"{name} shard file missing")
-            continue
-        try:
-            arrays[name] = array[position]
-        except Exception as error:  # noqa: BLE001 - any decode failure is a finding
-            problems.append(f"{name} cannot be read ({_why(error)})")
+        arrays[name] = _read_image_array(store, bucket[name], position, (), name, problems)
     try:
         records = {name: view.group[name][i] for name in RECORD_ARRAYS}
     except Exception:  # noqa: BLE001 - reported with its chunk by _check_split_records
         return None, problems
-    if len(arrays) < len(SAMPLE_ARRAYS) or problems:
+    if problems:
         return None, problems
     h, w = plan.size
-    weights = arrays["weights"][:, :h, :w]
+    classes = arrays["classes"][:h, :w]
+    mixed, k = int(np.count_nonzero(classes == MIXED)), max(1, int(records["planes"]))
+    for name in LIST_ARRAYS:
+        arrays[name] = _read_image_array(store, bucket[name], position, (slice(0, k), slice(0, mixed)), name,
+                                         problems) if mixed else np.zeros((k, 0), bucket[name].dtype)
+    if problems:
+        return None, problems
+    weights = arrays["mixed_weights"]
     denominator = plan.denominator if weights.dtype.kind == "u" else None
-    soft = SoftLabel(arrays["classes"][:, :h, :w], weights, store.spec.num_classes, denominator)
+    soft = unpack(PackedSoftLabel(classes, arrays["mixed_classes"], weights, store.spec.num_classes, denominator))
     return soft, problems + _check_soft_label(soft, records, arrays["nn"][:h, :w])
+
+
+def _read_image_array(store: Store, array, position: int, rest: tuple, name: str, problems: list[str]):
+    """``array[position, *rest]``, or None with the problem noted (a missing shard, a failed decode)."""
+    if not shard_file(array, position, store.path).is_file():
+        problems.append(f"{name} shard file missing")
+        return None
+    try:
+        return array[(position, *rest)]
+    except Exception as error:  # noqa: BLE001 - any decode failure is a finding
+        problems.append(f"{name} cannot be read ({_why(error)})")
+        return None
 
 
 def _check_soft_label(soft: SoftLabel, records: dict, nn: np.ndarray) -> list[str]:

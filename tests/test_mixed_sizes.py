@@ -115,7 +115,7 @@ def test_small_image_beside_a_huge_one_reads_only_its_own_bucket(tmp_path):
     build(get_dataset("cityscapes", write_cityscapes(tmp_path / "data", labels)), out, [1.0], kernel="area", jobs=1)
     view = open_store(out).samples("train", 1.0)
     assert view.bucket(1)["image"].shape == (1, 256, 256, 3)
-    assert view.bucket(1)["weights"].shape[2:] == (256, 256)
+    assert view.bucket(1)["classes"].shape[1:] == (256, 256)
     np.testing.assert_array_equal(view[1].nn(), labels[1])
 
 

@@ -8,7 +8,7 @@ import pytest
 from softprep.kernels import axis_weights
 from softprep.plan import parse_target
 from softprep.resample import soft_label
-from softprep.softlabel import EMPTY
+from softprep.softlabel import EMPTY, MIXED, pack, unpack
 from tests.conftest import blobby_labels, one_hot
 
 
@@ -109,3 +109,37 @@ def test_label_outside_classes_is_rejected():
     with pytest.raises(ValueError, match="label value 9"):
         w = axis_weights("area", 4, 2)
         soft_label(np.full((4, 4), 9, np.uint8), w, w, 5)
+
+
+def test_packed_form_by_hand():
+    """A 2x4 map, area to 1x2: left window one class, right window two classes and an ignored pixel."""
+    label = np.array([[3, 3, 1, 255],
+                      [3, 3, 2, 2]], dtype=np.uint8)
+    wy, wx = axis_weights("area", 2, 1), axis_weights("area", 4, 2)
+    packed = pack(soft_label(label, wy, wx, 4))
+    assert packed.denominator == 4
+    np.testing.assert_array_equal(packed.classes, [[3, MIXED]])
+    np.testing.assert_array_equal(packed.mixed_classes, [[2], [1]])  # slot 0: class 2 (2/4), slot 1: class 1 (1/4)
+    np.testing.assert_array_equal(packed.mixed_weights, [[1], [1]])  # row 0: ignored share 1/4; slot 1: 1/4
+    np.testing.assert_array_equal(packed.slot_weights(), [[2], [1]])  # slot 0 derived: 4 - 1 - 1
+    np.testing.assert_array_equal(packed.class_mass(), [0, 1, 2, 4])
+
+
+@pytest.mark.parametrize("kernel,antialias,scale", [("area", False, 0.3), ("bilinear", True, 0.25), ("bicubic", False, 0.5),
+                                                    ("nearest", False, 0.5), ("area", False, 0.125)])
+def test_pack_round_trips_exactly(kernel, antialias, scale):
+    rng = np.random.default_rng(4)
+    label = blobby_labels(rng, (64, 96), 9, ignore_share=0.15)
+    soft = soft_label(label, *weights_for(kernel, label.shape, scale, antialias), 9)
+    packed = pack(soft)
+    back = unpack(packed)
+    assert back.planes == soft.planes and back.denominator == soft.denominator
+    np.testing.assert_array_equal(back.classes, soft.classes)
+    np.testing.assert_array_equal(back.weights, soft.weights)
+    assert back.weights.dtype == soft.weights.dtype
+    np.testing.assert_array_equal(packed.class_mass(), soft.class_mass())
+    # listed: exactly the pixels that are neither one class at full weight nor nothing
+    dense = soft.dense()
+    full = dense.max(axis=0) == 1.0
+    nothing = dense.sum(axis=0) == 0
+    assert packed.mixed == int((~full & ~nothing).sum())

@@ -40,14 +40,15 @@ def _cli(*args):
 
 
 def inner_chunk_bytes(store_path, array_path, image, plane=0):
-    """(file, offset, nbytes) of one inner chunk of a sharded (N, K, H, W) array, from the shard index."""
+    """(file, offset, nbytes) of one inner chunk of image ``image`` of a sharded bucket array, from the shard index."""
     array = zarr.open_array(str(store_path / array_path), mode="r")
-    per_shard, planes = array.shards[0], array.shards[1]
-    path = store_path / array_path / array.metadata.encode_chunk_key((image // per_shard, 0, 0, 0))
+    per_shard = array.shards[0]
+    per_image = int(np.prod([s // c for s, c in zip(array.shards[1:], array.chunks[1:])]))
+    path = store_path / array_path / array.metadata.encode_chunk_key((image // per_shard,) + (0,) * (array.ndim - 1))
     data = path.read_bytes()
-    n = per_shard * planes
+    n = per_shard * per_image
     index = np.frombuffer(data[-(16 * n + 4):-4], dtype="<u8").reshape(n, 2)
-    offset, nbytes = index[(image % per_shard) * planes + plane]
+    offset, nbytes = index[(image % per_shard) * per_image + plane]
     return path, int(offset), int(nbytes)
 
 
@@ -61,7 +62,7 @@ def test_sound_store_passes(sound_store, demo_root):
 def test_one_flipped_byte_is_named(store):
     ids = open_store(store).spec.splits["train"].ids
     bucket = open_store(store).spec.splits["train"].buckets[5]
-    path, offset, nbytes = inner_chunk_bytes(store, f"train/{SCALE!r}/{bucket}/weights", image=5)
+    path, offset, nbytes = inner_chunk_bytes(store, f"train/{SCALE!r}/{bucket}/classes", image=5)
     data = bytearray(path.read_bytes())
     data[offset + nbytes // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -69,7 +70,7 @@ def test_one_flipped_byte_is_named(store):
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"train/{SCALE!r}: image {ids[5]} (#5): weights cannot be read")
+    assert lines[0].startswith(f"train/{SCALE!r}: image {ids[5]} (#5): classes cannot be read")
     assert "1 problem(s)" in result.stderr
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from softprep.datasets.base import StemPairedDataset, lookup_table
 from softprep.errors import SoftprepError
+from softprep.softlabel import MAX_CLASSES
 
 CLASS_TABLE = "classes.json"
 FLAT_SPLIT = "train"
@@ -48,8 +49,8 @@ def load_class_table(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int,
                 mapping[int(raw)] = train_id
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SoftprepError(f"{path}: bad class table ({type(error).__name__}: {error})") from None
-    if not names or len(names) > 254:
-        raise SoftprepError(f"{path}: needs 1 to 254 classes, found {len(names)}")
+    if not names or len(names) > MAX_CLASSES:
+        raise SoftprepError(f"{path}: needs 1 to {MAX_CLASSES} classes, found {len(names)}")
     if any(not 0 <= raw <= 255 for raw in mapping) or any(len(c) != 3 for c in colours):
         raise SoftprepError(f"{path}: raw values must be 0..255 and colours [r, g, b]")
     return names, colours, mapping
