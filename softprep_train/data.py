@@ -82,21 +82,48 @@ def densify(classes: torch.Tensor, weights: torch.Tensor, num_classes: int) -> t
 
 def finish_sample(raw: dict, num_classes: int | None = None) -> dict:
     """Densify and apply the geometry: ``image (3, h, w) float32`` in [0, 255], ``soft (C, h, w)
-    float32`` (sums to the valid fraction; 0 on padding), ``nn (h, w) int64`` (255 = ignore)."""
-    weights = raw["weights"].float() / raw.get("denominator", 1.0)
-    soft = densify(raw["classes"], weights, num_classes or raw["num_classes"])
-    image = raw["image"].permute(2, 0, 1).float()
-    device, (src_h, src_w) = soft.device, soft.shape[1:]
-    rows = taps_to_matrix(raw["row_index"].to(device), raw["row_weight"].to(device), src_h)
-    cols = taps_to_matrix(raw["col_index"].to(device), raw["col_weight"].to(device), src_w)
-    out = {
-        "image": torch.einsum("yh,chw,xw->cyx", rows, image, cols),
-        "soft": torch.einsum("yh,chw,xw->cyx", rows, soft, cols),
-    }
+    float32`` (sums to the valid fraction; 0 on padding), ``nn (h, w) int64`` (255 = ignore).
+
+    Only the source window the taps reach is densified and resampled: the cost follows the crop,
+    not the size of the stored image.
+    """
+    device = raw["classes"].device
+    row_index, row_weight = raw["row_index"].to(device), raw["row_weight"].to(device)
+    col_index, col_weight = raw["col_index"].to(device), raw["col_weight"].to(device)
+    (top, bottom), row_index = _tap_window(row_index, row_weight)
+    (left, right), col_index = _tap_window(col_index, col_weight)
+    window = (slice(None), slice(top, bottom), slice(left, right))
+    weights = raw["weights"][window].float() / raw.get("denominator", 1.0)
+    soft = densify(raw["classes"][window], weights, num_classes or raw["num_classes"])
+    image = raw["image"][top:bottom, left:right].permute(2, 0, 1).float()
+    # Columns are resampled as rows of the transposed map: torch gathers whole rows far faster.
+    out = {name: apply_taps(apply_taps(x, row_index, row_weight, 1).transpose(1, 2).contiguous(),
+                            col_index, col_weight, 1).transpose(1, 2)
+           for name, x in (("image", image), ("soft", soft))}
     nn_rows, nn_cols = raw["nn_rows"].to(device), raw["nn_cols"].to(device)
     nn = raw["nn"].long()[nn_rows.clamp_min(0)][:, nn_cols.clamp_min(0)]
     nn[(nn_rows < 0)[:, None] | (nn_cols < 0)[None, :]] = IGNORE
     out["nn"] = nn
+    return out
+
+
+def _tap_window(index: torch.Tensor, weight: torch.Tensor) -> tuple[tuple[int, int], torch.Tensor]:
+    """The source range ``[lo, hi)`` the non-zero taps reach, and ``index`` shifted into it."""
+    used = index[weight != 0]
+    if used.numel() == 0:  # all padding
+        return (0, 1), torch.zeros_like(index)
+    lo, hi = int(used.min()), int(used.max()) + 1
+    return (lo, hi), (index - lo).clamp(0, hi - lo - 1)
+
+
+def apply_taps(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Resample ``x`` along ``dim`` with ``(L, T)`` taps: ``out[.., l, ..] = sum_t weight[l, t] x[.., index[l, t], ..]``
+    (one gather per tap: ``T`` is small, a dense ``(L, src)`` matrix would be mostly zeros)."""
+    shape = [1] * x.dim()
+    shape[dim] = index.shape[0]
+    out = x.index_select(dim, index[:, 0]).mul_(weight[:, 0].reshape(shape))
+    for t in range(1, index.shape[1]):
+        out.addcmul_(x.index_select(dim, index[:, t]), weight[:, t].reshape(shape))
     return out
 
 
