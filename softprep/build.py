@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -128,39 +128,60 @@ def _refuse_duplicate_ids(samples: list[Sample]) -> None:
 
 
 def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,
-                builder_pid: int | None = None, read_ahead: bool = False) -> tuple[str, list[SampleRecords]]:
+                builder_pid: int | None = None, read_ahead: "bool | PairReader" = False) -> tuple[str, list[SampleRecords]]:
     """Compute and write one shard's pixels; returns its split and the records of its images.
 
     ``builder_pid``: the process that runs the build. A worker whose builder died stops before the
     next image and never writes (the build's lock died with the builder).
-    ``read_ahead``: decode the next image in a thread while this one is computed (the PNG decoder
-    releases the GIL): worth it when a core would otherwise idle.
+    ``read_ahead``: True decodes this shard's next image in a thread while one is computed (worth
+    it when a core would otherwise idle); a :class:`PairReader` does so across shards (in-process builds).
     """
     split_spec = spec.splits[task.split]
     samples = [stored_sample(dataset, split_spec, i) for i in task.indices]
+    reader = read_ahead if isinstance(read_ahead, PairReader) else PairReader(dataset, samples if read_ahead else [])
     results = []
-    for i, sample, (image, label) in zip(task.indices, samples, _read_pairs(dataset, samples, read_ahead)):
+    for i, sample in zip(task.indices, samples):
         _stop_if_orphaned(builder_pid)
+        image, label = reader.read(sample)
         if [*label.shape] != list(split_spec.sizes[i]):
             raise SoftprepError(f"{sample.label}: size changed since the build was planned; restart with --overwrite")
         results.append(process_sample(dataset, image, label, {t: spec.plan(task.split, i, t) for t in spec.targets}))
+    if reader is not read_ahead:
+        reader.close()
     _stop_if_orphaned(builder_pid)
     write_shard(store_path, spec, task, results)
     return task.split, [SampleRecords.of(i, r) for i, r in zip(task.indices, results)]
 
 
-def _read_pairs(dataset: Dataset, samples: list[Sample], read_ahead: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Decoded ``(image, label)`` of each sample in order; with ``read_ahead``, one decode ahead in a thread."""
-    if not read_ahead or len(samples) < 2:
-        yield from (dataset.read_pair(s) for s in samples)
-        return
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(dataset.read_pair, samples[0])
-        for following in [*samples[1:], None]:
-            pair = pending.result()
-            if following is not None:
-                pending = reader.submit(dataset.read_pair, following)
-            yield pair
+class PairReader:
+    """Decodes ``order`` (samples in the order they will be asked for) one ahead in a thread: the PNG
+    decoder releases the GIL, so the next decode overlaps this image's compute and writes. A sample
+    asked for out of order is simply decoded then."""
+
+    def __init__(self, dataset: Dataset, order: list[Sample]):
+        self._dataset, self._order, self._next = dataset, list(order), 0
+        self._pool = ThreadPoolExecutor(max_workers=1) if len(self._order) > 1 else None
+        self._pending = None
+        self._submit()
+
+    def _submit(self) -> None:
+        self._pending = None
+        if self._pool is not None and self._next < len(self._order):
+            sample = self._order[self._next]
+            self._pending = (sample, self._pool.submit(self._dataset.read_pair, sample))
+            self._next += 1
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, label)`` of ``sample``."""
+        if self._pending is None or self._pending[0] != sample:
+            return self._dataset.read_pair(sample)
+        future = self._pending[1]
+        self._submit()
+        return future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _stop_if_orphaned(builder_pid: int | None) -> None:
@@ -193,6 +214,7 @@ def build(
     progress: Callable[[int, int], None] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     note: Callable[[str], None] | None = None,
+    read_ahead: bool = True,
 ) -> dict:
     """Build (or resume) a store at ``out``.
 
@@ -203,6 +225,7 @@ def build(
         max_pixels: refuse images (or one image's outputs summed) larger than this.
         note: called with one-line notes before work starts (targets that upsample, with their sizes).
         progress: called as ``progress(images_done_now, images_total)`` after each shard.
+        read_ahead: decode the next image in a thread while one is computed, where a core is free.
 
     Returns:
         ``{"built": images written now, "skipped": images already done, "total": all images}``.
@@ -219,7 +242,7 @@ def build(
             note(text)
     with store_lock(out):
         try:
-            return _build_locked(dataset, out, spec, jobs, overwrite, progress)
+            return _build_locked(dataset, out, spec, jobs, overwrite, progress, read_ahead)
         except OSError as error:
             where = error.filename or out
             raise SoftprepError(f"{where}: {error.strerror or error} while building {out}; fix that (free space, "
@@ -227,7 +250,7 @@ def build(
 
 
 def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None, overwrite: bool,
-                  progress: Callable[[int, int], None] | None) -> dict:
+                  progress: Callable[[int, int], None] | None, read_ahead: bool) -> dict:
     if overwrite:
         delete_store(out)
     if out.exists():
@@ -250,16 +273,30 @@ def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None
         progress(skipped, total)
 
     built = 0
-    # A worker decodes ahead in a thread when there are more cores than workers.
-    read_ahead = min(default_jobs(jobs), max(len(todo), 1)) < (os.cpu_count() or 1)
-    calls = [(str(out), dataset, spec, task, os.getpid(), read_ahead) for task in todo]
-    for split, records in run_tasks(build_shard, calls, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
-        write_records(out, split, records)
-        built += len(records)
-        if progress:
-            progress(len(records), total)
+    workers = min(default_jobs(jobs), max(len(todo), 1))
+    reader = _read_ahead(dataset, spec, todo, workers) if read_ahead is not False else False
+    calls = [(str(out), dataset, spec, task, os.getpid(), reader) for task in todo]
+    try:
+        for split, records in run_tasks(build_shard, calls, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
+            write_records(out, split, records)
+            built += len(records)
+            if progress:
+                progress(len(records), total)
+    finally:
+        if isinstance(reader, PairReader):
+            reader.close()
     mark_complete(out, spec)
     return {"built": built, "skipped": skipped, "total": total}
+
+
+def _read_ahead(dataset: Dataset, spec: StoreSpec, todo: list[Task], workers: int) -> "bool | PairReader":
+    """Decoding ahead pays only when a core would otherwise idle: in-process, one reader across all
+    shards; in worker processes, one per shard; none when every core runs a worker."""
+    if workers >= (os.cpu_count() or 1):
+        return False
+    if workers > 1:
+        return True
+    return PairReader(dataset, [stored_sample(dataset, spec.splits[t.split], i) for t in todo for i in t.indices])
 
 
 def _check_resumable(out: Path, spec: StoreSpec) -> None:

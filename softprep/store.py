@@ -63,9 +63,10 @@ BUCKET_STEPS_PER_OCTAVE = 4
 SHARD_PIXEL_BUDGET = 6_000_000
 #: The bucket arrays that hold a soft label (the rest: ``image``, ``nn``).
 SOFT_LABEL_ARRAYS = ("classes", "mixed_classes", "mixed_weights")
-#: Entries per chunk of the mixed-pixel lists (all slots of an entry in one chunk): a reader
-#: decodes only the chunks its image's ``M`` entries reach (a few percent of pixels are mixed).
-LIST_CHUNK = 8_192
+#: Entries per chunk of the mixed-pixel lists (all slots of an entry in one chunk): 1/16 of the
+#: bucket's pixels, at least 4096. A few percent of pixels are mixed, so an image's ``M`` entries
+#: mostly fit the first chunk, and the shard index holds only 16 entries per image.
+LIST_CHUNK_SHARE, LIST_CHUNK_MIN = 16, 4_096
 #: Images per chunk of the per-image record arrays.
 RECORD_CHUNK = 1024
 
@@ -239,7 +240,7 @@ def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
     for name in ("classes", "nn"):
         group.create_array(name, shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
                            dtype="uint8", fill_value=EMPTY, **_codecs())
-    chunk = min(h * w, LIST_CHUNK)
+    chunk = min(h * w, max(LIST_CHUNK_MIN, -(-h * w // LIST_CHUNK_SHARE)))
     length = -(-h * w // chunk) * chunk  # whole chunks: a shard is a whole number of chunks
     for name, dtype, fill in (("mixed_classes", "uint8", EMPTY), ("mixed_weights", layout.weights_dtype, 0)):
         group.create_array(name, shape=(n, k, length), chunks=(1, k, chunk), shards=(shard, k, length),
