@@ -284,7 +284,7 @@ def report(r: dict) -> None:
     print("\n3. bytes per output pixel on disk (zstd-3 + crc32c, shard files without zarr.json); baselines: NN map, "
           "dense float16 (same codecs)")
     for row in r["size"]:
-        print(f"   {row['scale']:>6}: soft {row['soft_bpp']:.4f}, NN {row['nn_bpp']:.4f}, f16 {row['f16_bpp']:.4f} "
+        print(f"   {row['kernel']:>8} {row['scale']:>6}: soft {row['soft_bpp']:.4f}, NN {row['nn_bpp']:.4f}, f16 {row['f16_bpp']:.4f} "
               f"-> {row['soft_over_nn']:.2f}x NN {verdict(row['soft_over_nn'], TARGETS['soft_over_nn'], False)}, "
               f"{row['soft_over_f16']:.2f}x f16 {verdict(row['soft_over_f16'], TARGETS['soft_over_f16'], False)}")
     d = r["read"]
@@ -303,11 +303,13 @@ def markdown(r: dict) -> str:
     lines.append("| soft label, softprep (ms) | " + " | ".join(f"{x['softprep_ms']:.1f}" for x in compute) + " | |")
     lines.append("| torch one-hot + interpolate (ms) | " + " | ".join(f"{x['torch_ms']:.0f}" for x in compute) + " | |")
     lines.append("| compute speed-up | " + " | ".join(f"{x['speedup']:.0f}x" for x in compute) + " | >= 20x |")
-    lines.append("| soft label on disk (B/px) | " + " | ".join(f"{x['soft_bpp']:.3f}" for x in r["size"]) + " | |")
-    lines.append("| NN map on disk (B/px) | " + " | ".join(f"{x['nn_bpp']:.3f}" for x in r["size"]) + " | |")
-    lines.append("| dense float16 + zstd (B/px) | " + " | ".join(f"{x['f16_bpp']:.3f}" for x in r["size"]) + " | |")
-    lines.append("| soft / NN | " + " | ".join(f"{x['soft_over_nn']:.2f}x" for x in r["size"]) + " | <= 2x |")
-    lines.append("| soft / dense float16 | " + " | ".join(f"{x['soft_over_f16']:.2f}x" for x in r["size"]) + " | <= 0.5x |")
+    for kernel in dict.fromkeys(x["kernel"] for x in r["size"]):
+        size = [x for x in r["size"] if x["kernel"] == kernel]
+        lines.append(f"| {kernel}: soft label on disk (B/px) | " + " | ".join(f"{x['soft_bpp']:.3f}" for x in size) + " | |")
+        lines.append(f"| {kernel}: NN map / dense float16 (B/px) | "
+                     + " | ".join(f"{x['nn_bpp']:.3f} / {x['f16_bpp']:.3f}" for x in size) + " | |")
+        lines.append(f"| {kernel}: soft / NN | " + " | ".join(f"{x['soft_over_nn']:.2f}x" for x in size) + " | <= 2x |")
+        lines.append(f"| {kernel}: soft / dense float16 | " + " | ".join(f"{x['soft_over_f16']:.2f}x" for x in size) + " | <= 0.5x |")
     lines += ["", "| build, 3 scales, one process | decode only | build | build / decode throughput | target |",
               "|---|---|---|---|---|"]
     for name, row in r["build"]["throughput"].items():
@@ -363,9 +365,12 @@ def main() -> None:
         result["build"] = {"throughput": throughput, "profile_ms": split_profile(get_dataset("cityscapes", once), args.kernel),
                            "jobs": {"images": one["images"], "one_ms": one["build_ms"], "two_ms": two["build_ms"],
                                     "speedup": one["build_ms"] / two["build_ms"]}}
-        store = tmp / "sizes.zarr"
-        build(dataset, store, SCALES, kernel=args.kernel, jobs=1)
-        result["size"] = bench_size(store, tmp)
+        result["size"] = []
+        for kernel in kernels:
+            store = tmp / f"sizes-{kernel}.zarr"
+            build(dataset, store, SCALES, kernel=kernel, jobs=1)
+            result["size"] += [{"kernel": kernel, **row} for row in bench_size(store, tmp)]
+        store = tmp / f"sizes-{args.kernel}.zarr"
         result["read"] = bench_read(store, dataset, args.kernel, 0.25, 8 if args.quick else 24)
     report(result)
     if args.json:
