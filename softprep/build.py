@@ -19,13 +19,15 @@ import numpy as np
 from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
+from softprep.location import location
 from softprep.parallel import default_jobs, run_tasks
 from softprep.plan import ResamplingPlan, Target, parse_targets
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
 from softprep.softlabel import pack
 from softprep.store import (
     DEFAULT_SHARD_SIZE, SampleRecords, SampleResult, SplitSpec, StoreSpec, Task, TargetResult, create_store_atomically,
-    delete_store, mark_complete, open_store, remove_partial_files, store_lock, write_records, write_shard,
+    delete_store, mark_complete, open_store, remove_partial_files, store_lock, unfinished_creation, write_records,
+    write_shard,
 )
 
 #: Largest image, and largest sum of one image's outputs over all targets, a build accepts (pixels):
@@ -215,6 +217,7 @@ def build(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     note: Callable[[str], None] | None = None,
     read_ahead: bool = True,
+    scheduler: str | None = None,
 ) -> dict:
     """Build (or resume) a store at ``out``.
 
@@ -226,6 +229,8 @@ def build(
         note: called with one-line notes before work starts (targets that upsample, with their sizes).
         progress: called as ``progress(images_done_now, images_total)`` after each shard.
         read_ahead: decode the next image in a thread while one is computed, where a core is free.
+        scheduler: run the shards on a Dask cluster: its address (``tcp://host:8786``), or ``"local"``
+            for a ``LocalCluster`` of ``jobs`` worker processes (:mod:`softprep.parallel`).
 
     Returns:
         ``{"built": images written now, "skipped": images already done, "total": all images}``.
@@ -235,14 +240,14 @@ def build(
             settings at ``out`` (unless ``overwrite``), another build on ``out``, a full disk or
             a folder that cannot be written (one line each; rerun the same command to resume).
     """
-    out = Path(out)
+    out = location(out)
     spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels)
     if note:
         for text in upsampling_notes(spec):
             note(text)
     with store_lock(out):
         try:
-            return _build_locked(dataset, out, spec, jobs, overwrite, progress, read_ahead)
+            return _build_locked(dataset, out, spec, jobs, overwrite, progress, read_ahead, scheduler)
         except OSError as error:
             where = error.filename or out
             raise SoftprepError(f"{where}: {error.strerror or error} while building {out}; fix that (free space, "
@@ -250,8 +255,8 @@ def build(
 
 
 def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None, overwrite: bool,
-                  progress: Callable[[int, int], None] | None, read_ahead: bool) -> dict:
-    if overwrite:
+                  progress: Callable[[int, int], None] | None, read_ahead: bool, scheduler: str | None) -> dict:
+    if overwrite or unfinished_creation(out):
         delete_store(out)
     if out.exists():
         _check_resumable(out, spec)
@@ -274,10 +279,13 @@ def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None
 
     built = 0
     workers = min(default_jobs(jobs), max(len(todo), 1))
-    reader = _read_ahead(dataset, spec, todo, workers) if read_ahead is not False else False
-    calls = [(str(out), dataset, spec, task, os.getpid(), reader) for task in todo]
+    reader = _read_ahead(dataset, spec, todo, workers) if read_ahead and not scheduler else False
+    # Cluster workers are no children of this process: they cannot watch it (the orphan check).
+    builder = None if scheduler else os.getpid()
+    calls = [(str(out), dataset, spec, task, builder, reader) for task in todo]
     try:
-        for split, records in run_tasks(build_shard, calls, jobs, f"{out}: finished shards are kept, rerun the same command to resume"):
+        for split, records in run_tasks(build_shard, calls, jobs, f"{out}: finished shards are kept, rerun the same "
+                                        "command to resume", scheduler=scheduler):
             write_records(out, split, records)
             built += len(records)
             if progress:

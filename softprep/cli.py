@@ -129,11 +129,28 @@ def _kernel_choice():
     return click.Choice(KERNELS)
 
 
+class LocationType(click.ParamType):
+    """A local path, or an object-storage URL (``s3://bucket/key``, ``gs://...``) kept intact."""
+
+    name = "path|url"
+
+    def convert(self, value, param, ctx):
+        from softprep.location import location
+
+        try:
+            return location(value)
+        except SoftprepError as error:
+            self.fail(str(error), param, ctx)
+
+
+LOCATION = LocationType()
+
+
 @main.command()
 @click.option("--dataset", default="cityscapes", show_default=True, type=_dataset_choice(),
               help="Dataset adapter: the folder layout and label table (folder: your own, see README).")
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to write (a .zarr folder).")
+@click.option("--root", required=True, type=LOCATION, help="Dataset root folder (or s3://, gs:// URL).")
+@click.option("--out", required=True, type=LOCATION, help="Store to write: a .zarr folder (or s3://, gs:// URL).")
 @target_options
 @click.option("--kernel", default=DEFAULT_KERNEL, show_default=True, type=_kernel_choice(),
               help="Resampling kernel, shared by colour and labels.")
@@ -144,7 +161,10 @@ def _kernel_choice():
 @click.option("--overwrite", is_flag=True, help="Delete an existing store at --out and start again.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
               help="Refuse images (or one image's outputs over all targets) above this many pixels: ~1 GiB per worker.")
-def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits, jobs, shard_size, overwrite, max_pixels):
+@click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster: its scheduler (tcp://host:8786), or 'local' "
+              "for a LocalCluster of --jobs processes (needs the dask extra).")
+def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits, jobs, shard_size, overwrite, max_pixels,
+          scheduler):
     """Build a store: every image of every split at every target resolution, resumably.
 
     Rerunning an interrupted build finishes it; a store made with other settings is refused
@@ -160,7 +180,8 @@ def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits
     bar, progress = _progress_bar("build")
     try:
         result = run_build(adapter, out, targets, kernel, antialias, list(_split_args(splits, str)) or None,
-                           jobs, overwrite, shard_size, progress, max_pixels, note=lambda text: click.echo(text, err=True))
+                           jobs, overwrite, shard_size, progress, max_pixels, note=lambda text: click.echo(text, err=True),
+                           scheduler=scheduler)
     finally:
         bar.close()
     click.echo(f"{out}: {result['built']} images built, {result['skipped']} already done, {result['total']} in all; complete")
@@ -172,7 +193,7 @@ def _split_args(values, kind=float):
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=LOCATION)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable: settings, per split and target sizes and bytes.")
 @click.option("--ids", is_flag=True, help="List the image ids instead (SPLIT ID per line), e.g. for `softprep show`.")
 @click.option("--split", default=None, help="With --ids: only this split.")
@@ -190,14 +211,14 @@ def info(store, as_json, ids, split):
 
 
 @main.command(short_help="Class-prior discrepancy per class, kernel and target (Table V).")
-@click.argument("store", required=False, type=click.Path(path_type=Path))
+@click.argument("store", required=False, type=LOCATION)
 @click.option("--split", default=None, help="Split to report (default: train, else the first).")
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "csv", "json"]),
               help="text/markdown/csv: the paper's Table V layout, values x --scale-factor; json: unscaled, full precision.")
 @click.option("--scale-factor", default=1e4, show_default=True, type=float, help="Multiply D by this in text/markdown/csv.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG bar chart of D (needs matplotlib).")
 @click.option("--compare-kernels", multiple=True, help="Compute the table from --root for these kernels instead of a store, e.g. nearest bilinear area.")
-@click.option("--root", type=click.Path(path_type=Path), help="Dataset root (with --compare-kernels).")
+@click.option("--root", type=LOCATION, help="Dataset root (with --compare-kernels).")
 @click.option("--dataset", default="cityscapes", show_default=True, type=_dataset_choice(), help="Dataset adapter (with --compare-kernels).")
 @target_options
 @click.option("--antialias/--no-antialias", default=False, show_default=True, help="Antialiased bilinear/bicubic (with --compare-kernels).")
@@ -251,7 +272,7 @@ def _progress_bar(desc: str):
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=LOCATION)
 @click.option("--split", default=None, help="Split to analyse (default: train, else the first).")
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
@@ -268,14 +289,14 @@ def stats(store, split, fmt, jobs):
 
 
 @main.command(short_help="Draw one sample at one target, like the paper's Figs 3 and 4.")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=LOCATION)
 @click.argument("image_id")
 @click.option("--scale", "--target", "target", required=True, help="Stored target to draw, e.g. 0.125 or short512.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG file to write.")
 @click.option("--split", default=None, help="Split holding IMAGE_ID (default: found by id).")
 @click.option("--classes", "class_names", default=None,
               help="Comma-separated classes to draw weight maps of, e.g. 'pole,traffic sign' (default: the 2 most mixed).")
-@click.option("--root", type=click.Path(path_type=Path), help="Dataset root, to add the full-resolution labels.")
+@click.option("--root", type=LOCATION, help="Dataset root, to add the full-resolution labels.")
 def show(store, image_id, target, out, split, class_names, root):
     """Draw one sample at one target (paper Fig. 3/4): colour, labels, NN labels, soft label, class weights."""
     from softprep.show import show as draw
@@ -287,8 +308,8 @@ def show(store, image_id, target, out, split, class_names, root):
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
-@click.option("--root", type=click.Path(path_type=Path), help="Dataset root: also check full-resolution counts and valid fractions.")
+@click.argument("store", type=LOCATION)
+@click.option("--root", type=LOCATION, help="Dataset root: also check full-resolution counts and valid fractions.")
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
 def verify(store, root, jobs):
     """Read every chunk (crc32c) and re-derive every recorded statistic.

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from softprep.location import location, tree_bytes
 from softprep.store import SOFT_LABEL_ARRAYS, open_store
 
 
 def disk_bytes(path: Path) -> int:
-    """Bytes of all files under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes of all files (or objects) under ``path``."""
+    return tree_bytes(location(path))
 
 
 def describe(path: str | Path) -> dict:

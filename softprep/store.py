@@ -36,6 +36,8 @@ import json
 import math
 import os
 import shutil
+import socket
+import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,6 +47,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from softprep.errors import SoftprepError
+from softprep.location import is_remote, location, remove_tree
 from softprep.plan import ResamplingPlan, parse_target, resampling_plan
 from softprep.softlabel import EMPTY, MIXED, PackedSoftLabel, SoftLabel, pack, unpack, weight_dtype
 
@@ -210,8 +213,9 @@ def _record_array(group, name: str, shape: tuple, dtype: str, fill=0):
 
 
 def create_store(path: str | Path, spec: StoreSpec) -> None:
-    """Create an empty store for ``spec``: every array, the planned sizes and denominators, ``complete = False``."""
-    root = zarr.open_group(str(path), mode="w-", attributes={"softprep": spec.root_attrs(complete=False)})
+    """Create an empty store for ``spec``: every array, the planned sizes and denominators, ``complete = False``.
+    The root's ``softprep`` attributes are written last: until then the folder is not a softprep store."""
+    root = zarr.open_group(str(path), mode="w-")
     c = spec.num_classes
     for split, split_spec in spec.splits.items():
         n = len(split_spec.ids)
@@ -230,6 +234,7 @@ def create_store(path: str | Path, spec: StoreSpec) -> None:
             for bucket, members in split_spec.members.items():
                 _create_bucket(tg.create_group(bucket), len(members), spec.shard_images(split, bucket),
                                spec.bucket_layout(split, bucket, target))
+    root.attrs["softprep"] = spec.root_attrs(complete=False)
 
 
 def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
@@ -381,13 +386,17 @@ def mark_complete(path: str | Path, spec: StoreSpec) -> None:
 
 @contextlib.contextmanager
 def store_lock(path: str | Path):
-    """Hold the write lock of the store at ``path`` (a lock file beside it; released when the
-    process ends, however it ends).
+    """Hold the write lock of the store at ``path``: a lock file beside it, released when the
+    process ends however it ends; on object storage, a lock object created only if absent.
 
     Raises:
-        SoftprepError: another process holds it (one line with its pid).
+        SoftprepError: another process holds it (one line naming it).
     """
-    path = Path(path)
+    path = location(path)
+    if is_remote(path):
+        with _object_lock(path):
+            yield
+        return
     lock_path = path.with_name(f".{path.name}.lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -414,15 +423,46 @@ def store_lock(path: str | Path):
         handle.close()
 
 
+@contextlib.contextmanager
+def _object_lock(path):
+    """The lock of a store on object storage: ``.NAME.lock`` beside it, created with a conditional
+    write (fails if it exists), deleted when the build ends. A crashed build leaves it behind: the
+    message says which build holds it and how to clear it."""
+    lock = path.with_name(f".{path.name}.lock")
+    holder = f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    try:
+        with lock.fs.open(lock.path, "xb") as file:
+            file.write(holder.encode())
+    except FileExistsError:
+        try:
+            holder = lock.read_text()
+        except OSError:
+            holder = "?"
+        raise SoftprepError(f"{path}: another softprep build ({holder}) holds the lock {lock}; wait for it, or if "
+                            "none is running (it crashed), delete that object and rerun") from None
+    try:
+        yield
+    finally:
+        lock.fs.rm(lock.path)
+
+
 def creating_path(path: str | Path) -> Path:
-    """Where a store is created before it is renamed to ``path`` in one step."""
+    """Where a local store is created before it is renamed to ``path`` in one step."""
     path = Path(path)
     return path.with_name(f"{path.name}.creating")
 
 
 def create_store_atomically(path: str | Path, spec: StoreSpec) -> None:
-    """Create the store in :func:`creating_path` and rename it to ``path``: an interruption at any
-    point leaves either no store or a complete empty one (a leftover is removed by the next try)."""
+    """Create the store so that an interruption at any point leaves either no store or a complete
+    empty one. Locally: in :func:`creating_path`, renamed to ``path`` (a leftover is removed by the
+    next try). Object storage has no rename: the store is created in place and its root attributes
+    are written last, so an interrupted creation is not a softprep store (:func:`unfinished_creation`)."""
+    path = location(path)
+    if is_remote(path):
+        if path.exists():
+            remove_tree(path)
+        create_store(path, spec)
+        return
     temp = creating_path(path)
     if temp.exists():
         shutil.rmtree(temp)
@@ -430,9 +470,21 @@ def create_store_atomically(path: str | Path, spec: StoreSpec) -> None:
     os.rename(temp, path)
 
 
+def unfinished_creation(path) -> bool:
+    """True for an object-storage store whose creation was interrupted (arrays without root attributes)."""
+    path = location(path)
+    if not is_remote(path) or not (path / "zarr.json").is_file():
+        return False
+    return "softprep" not in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+
+
 def remove_partial_files(path: str | Path) -> int:
-    """Delete temporary files a killed writer left behind; returns how many."""
-    partial = list(Path(path).rglob("*.partial"))
+    """Delete temporary files a killed writer left behind (local stores; object writes are atomic);
+    returns how many."""
+    path = location(path)
+    if is_remote(path):
+        return 0
+    partial = list(path.rglob("*.partial"))
     for file in partial:
         file.unlink(missing_ok=True)
     return len(partial)
@@ -440,7 +492,13 @@ def remove_partial_files(path: str | Path) -> int:
 
 def delete_store(path: str | Path) -> None:
     """Delete a store (or an empty folder) at ``path``; anything else is refused."""
-    path = Path(path)
+    path = location(path)
+    if is_remote(path):
+        if path.exists():
+            if not (path / "zarr.json").is_file():
+                raise SoftprepError(f"{path}: exists and is not a zarr store; refusing to delete it, choose another --out")
+            remove_tree(path)
+        return
     if path.is_dir() and not any(path.iterdir()):
         path.rmdir()
     elif path.exists():
@@ -452,9 +510,9 @@ def delete_store(path: str | Path) -> None:
 
 
 def shard_file(array, position: int, store_path: str | Path) -> Path:
-    """The file holding bucket position ``position`` of a sharded per-image array (local stores)."""
+    """The file (or object) holding bucket position ``position`` of a sharded per-image array."""
     coords = (position // array.shards[0],) + (0,) * (array.ndim - 1)
-    return Path(store_path) / array.path / array.metadata.encode_chunk_key(coords)
+    return location(store_path) / array.path / array.metadata.encode_chunk_key(coords)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -472,7 +530,7 @@ class Store:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = location(path)
         try:
             self.root = zarr.open_group(str(self.path), mode="r")
             self.attrs = dict(self.root.attrs["softprep"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from softprep.errors import SoftprepError
+from softprep.location import is_remote, location
 
 IGNORE_INDEX = 255
 
@@ -47,7 +50,7 @@ class Dataset:
     default_splits: tuple[str, ...] = ("train", "val")
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = location(root)
         if not self.root.is_dir():
             raise SoftprepError(f"{self.root}: dataset root is not a folder; pass --root pointing at the {self.name} folder")
 
@@ -112,10 +115,26 @@ class Dataset:
         return mapped.astype(np.uint8)
 
 
+@contextlib.contextmanager
+def open_image(path: Path, header_only: bool = False):
+    """A PIL image of a local or a remote file (:mod:`softprep.location`): a remote file is fetched
+    in one read, or only its first 64 kB for ``header_only``."""
+    if not is_remote(path):
+        with Image.open(path) as im:
+            yield im
+        return
+    if header_only:
+        with path.open("rb", block_size=2**16) as file, Image.open(file) as im:
+            yield im
+        return
+    with Image.open(io.BytesIO(path.read_bytes())) as im:
+        yield im
+
+
 def header_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image file from its header."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, header_only=True) as im:
             return im.size[1], im.size[0]
     except FileNotFoundError:
         raise SoftprepError(f"{path}: file not found") from None
@@ -135,7 +154,7 @@ def read_label_array(path: Path) -> np.ndarray:
     multi-channel or 1-bit maps, and 16-bit maps with values above 255.
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.format == "JPEG":
                 raise SoftprepError(f"{path}: label map is a JPEG (lossy compression changes label values at "
                                     "every boundary); use the dataset's PNG labels")
@@ -160,7 +179,7 @@ def read_label_array(path: Path) -> np.ndarray:
 def read_array(path: Path, mode: str | None) -> np.ndarray:
     """Decode an image file to an array (``mode``: PIL mode to convert to, or None to keep)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if mode is not None and im.mode != mode:
                 im = im.convert(mode)
             return np.asarray(im)
