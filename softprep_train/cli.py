@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from softprep.cli import OneLineErrors
+from softprep.cli import LOCATION, OneLineErrors
 from softprep.errors import SoftprepError
 
 try:  # the registry names --model's choices; without torch, entry() says what to install
@@ -56,7 +56,7 @@ def _class_weights(path: Path | None) -> list[float] | None:
 
 
 @main.command()
-@click.option("--store", required=True, type=click.Path(path_type=Path), help="softprep store to train from.")
+@click.option("--store", required=True, type=LOCATION, help="softprep store to train from (a folder, or s3://, gs:// URL).")
 @click.option("--scale", required=True, help="Training target, a stored one: a factor (0.25) or a name (short512, fit512x1024).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder: logs, checkpoints.")
 @click.option("--model", default="hrnetv2_w48", show_default=True, type=click.Choice(list(MODELS)),
@@ -100,7 +100,7 @@ def fit(**options):
 
 @main.command(name="eval")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
-@click.option("--store", required=True, type=click.Path(path_type=Path))
+@click.option("--store", required=True, type=LOCATION)
 @click.option("--split", default="val", show_default=True)
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root, when the store has no 1.0 target to read full-resolution labels from.")
 @click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]), help="Whole image or sliding window (crop size, 2/3 stride).")

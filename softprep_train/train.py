@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from softprep.errors import SoftprepError
 from softprep.plan import parse_target
+from softprep.location import is_remote, location
 from softprep.store import open_store
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
 from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
@@ -164,7 +165,8 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
             (after writing a checkpoint of the current iteration; continue with ``--resume``).
     """
     config.scale = parse_target(config.scale).name
-    config.store = str(Path(config.store).resolve())  # the same store by any path compares equal on --resume
+    store = location(config.store)  # the same store by any path compares equal on --resume
+    config.store = str(store if is_remote(store) else store.resolve())
     # --- distributed set-up (torchrun sets these variables) ---
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
