@@ -36,18 +36,21 @@ DEFAULT_MAX_PIXELS = 32_000_000
 
 
 
-def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans: dict[str, ResamplingPlan]) -> SampleResult:
+def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans: dict[str, ResamplingPlan],
+                   image_plans: dict[str, ResamplingPlan] | None = None) -> SampleResult:
     """Colour image, soft label and NN label of one decoded pair at every planned target.
 
     Args:
         image: ``(H, W, 3) uint8``.
         label: ``(H, W) uint8`` train ids.
         plans: target name -> the image's :class:`ResamplingPlan` (``StoreSpec.plan``).
+        image_plans: the colour image's plans when its kernel differs (``StoreSpec.image_plan``).
     """
     prepared = prepare_label(label, dataset.num_classes, dataset.ignore_index)
+    image_plans = image_plans or plans
     results = {
         target: TargetResult(
-            image=resize_image(image, plan.rows, plan.cols),
+            image=resize_image(image, image_plans[target].rows, image_plans[target].cols),
             soft=pack(soft_label(prepared, plan.rows, plan.cols)),
             nn=nearest_labels(label, plan.nearest_rows, plan.nearest_cols),
         )
@@ -57,15 +60,17 @@ def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans
 
 
 def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable[Target | str | float], kernel: str,
-               antialias: bool, shard_size: int = DEFAULT_SHARD_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> StoreSpec:
+               antialias: bool, shard_size: int = DEFAULT_SHARD_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
+               image_kernel: str | None = None) -> StoreSpec:
     """List every pair and its size (from file headers) into a :class:`StoreSpec`.
 
     Raises:
         SoftprepError: no pairs, an unreadable folder, two images with one id, or an image (or its
             outputs) over ``max_pixels`` (one line naming the file).
     """
-    if kernel not in KERNELS:
-        raise SoftprepError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    for name in (kernel, image_kernel or kernel):
+        if name not in KERNELS:
+            raise SoftprepError(f"unknown kernel {name!r}; choose one of {', '.join(KERNELS)}")
     targets = parse_targets(targets)
     if not targets:
         raise SoftprepError("no target resolution: pass --scales (e.g. 0.125 0.25 0.5), --short-side or --fit")
@@ -75,7 +80,8 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
     if not splits:
         raise SoftprepError(f"{dataset.root}: no {dataset.name} splits found; is --root the dataset folder?")
     spec = StoreSpec(dataset.name, list(dataset.classes), [list(c) for c in dataset.palette],
-                     dataset.ignore_index, kernel, antialias, [t.name for t in targets], shard_size)
+                     dataset.ignore_index, kernel, antialias, [t.name for t in targets], shard_size,
+                     image_kernel=image_kernel or kernel)
     for split in splits:
         try:
             samples = dataset.samples(split)
@@ -147,7 +153,9 @@ def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,
         image, label = reader.read(sample)
         if [*label.shape] != list(split_spec.sizes[i]):
             raise SoftprepError(f"{sample.label}: size changed since the build was planned; restart with --overwrite")
-        results.append(process_sample(dataset, image, label, {t: spec.plan(task.split, i, t) for t in spec.targets}))
+        plans = {t: spec.plan(task.split, i, t) for t in spec.targets}
+        image_plans = {t: spec.image_plan(task.split, i, t) for t in spec.targets} if spec.image_kernel != spec.kernel else None
+        results.append(process_sample(dataset, image, label, plans, image_plans))
     if reader is not read_ahead:
         reader.close()
     _stop_if_orphaned(builder_pid)
@@ -218,6 +226,7 @@ def build(
     note: Callable[[str], None] | None = None,
     read_ahead: bool = True,
     scheduler: str | None = None,
+    image_kernel: str | None = None,
 ) -> dict:
     """Build (or resume) a store at ``out``.
 
@@ -229,6 +238,7 @@ def build(
         note: called with one-line notes before work starts (targets that upsample, with their sizes).
         progress: called as ``progress(images_done_now, images_total)`` after each shard.
         read_ahead: decode the next image in a thread while one is computed, where a core is free.
+        image_kernel: resample the colour images with this kernel instead of ``kernel`` (Table IV).
         scheduler: run the shards on a Dask cluster: its address (``tcp://host:8786``), or ``"local"``
             for a ``LocalCluster`` of ``jobs`` worker processes (:mod:`softprep.parallel`).
 
@@ -241,7 +251,7 @@ def build(
             a folder that cannot be written (one line each; rerun the same command to resume).
     """
     out = location(out)
-    spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels)
+    spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels, image_kernel)
     if note:
         for text in upsampling_notes(spec):
             note(text)

@@ -154,6 +154,8 @@ LOCATION = LocationType()
 @target_options
 @click.option("--kernel", default=DEFAULT_KERNEL, show_default=True, type=_kernel_choice(),
               help="Resampling kernel, shared by colour and labels.")
+@click.option("--image-kernel", type=_kernel_choice(), default=None,
+              help="Resample the colour images with another kernel than the labels (the paper's Table IV); default: --kernel.")
 @click.option("--antialias/--no-antialias", default=False, show_default=True, help="Widen bilinear/bicubic filters when downscaling (torch antialias=True).")
 @click.option("--splits", multiple=True, help="Splits to build (default: the labelled ones found, e.g. train and val).")
 @click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
@@ -163,8 +165,8 @@ LOCATION = LocationType()
               help="Refuse images (or one image's outputs over all targets) above this many pixels: ~1 GiB per worker.")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster: its scheduler (tcp://host:8786), or 'local' "
               "for a LocalCluster of --jobs processes (needs the dask extra).")
-def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits, jobs, shard_size, overwrite, max_pixels,
-          scheduler):
+def build(dataset, root, out, scales, short_side, fit, kernel, image_kernel, antialias, splits, jobs, shard_size, overwrite,
+          max_pixels, scheduler):
     """Build a store: every image of every split at every target resolution, resumably.
 
     Rerunning an interrupted build finishes it; a store made with other settings is refused
@@ -181,7 +183,7 @@ def build(dataset, root, out, scales, short_side, fit, kernel, antialias, splits
     try:
         result = run_build(adapter, out, targets, kernel, antialias, list(_split_args(splits, str)) or None,
                            jobs, overwrite, shard_size, progress, max_pixels, note=lambda text: click.echo(text, err=True),
-                           scheduler=scheduler)
+                           scheduler=scheduler, image_kernel=image_kernel)
     finally:
         bar.close()
     click.echo(f"{out}: {result['built']} images built, {result['skipped']} already done, {result['total']} in all; complete")

@@ -160,22 +160,33 @@ class StoreSpec:
     targets: list[str]
     shard_size: int
     splits: dict[str, SplitSpec] = field(default_factory=dict)
+    #: Kernel of the colour images when it differs from the labels' ``kernel`` (the paper's Table IV).
+    image_kernel: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def colour_kernel(self) -> str:
+        """The kernel that resamples the colour images: ``image_kernel``, else ``kernel``."""
+        return self.image_kernel or self.kernel
+
     def root_attrs(self, complete: bool) -> dict:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self.dataset,
             "classes": self.classes, "palette": self.palette, "ignore_index": self.ignore_index,
-            "kernel": self.kernel, "antialias": self.antialias, "targets": self.targets,
+            "kernel": self.kernel, "image_kernel": self.colour_kernel, "antialias": self.antialias, "targets": self.targets,
             "splits": list(self.splits), "shard_size": self.shard_size, "complete": complete,
         }
 
     def plan(self, split: str, index: int, target) -> ResamplingPlan:
-        """The resampling plan of image ``index`` of ``split`` at ``target``."""
+        """The resampling plan of image ``index`` of ``split`` at ``target`` (the labels' kernel)."""
         return resampling_plan(self.kernel, self.antialias, tuple(self.splits[split].sizes[index]), target)
+
+    def image_plan(self, split: str, index: int, target) -> ResamplingPlan:
+        """The plan of the colour image: :meth:`plan` with :attr:`colour_kernel` (the same output size)."""
+        return resampling_plan(self.colour_kernel, self.antialias, tuple(self.splits[split].sizes[index]), target)
 
     def bucket_layout(self, split: str, bucket: str, target) -> BucketLayout:
         """Shape, slot count and weight encoding of a bucket's arrays at ``target``."""
@@ -547,7 +558,7 @@ class Store:
         a = self.attrs
         splits = {s: SplitSpec(**{k: self.root[s].attrs[k] for k in ("ids", "images", "labels", "sizes")}) for s in a["splits"]}
         return StoreSpec(a["dataset"], a["classes"], a["palette"], a["ignore_index"], a["kernel"],
-                         a["antialias"], a["targets"], a["shard_size"], splits)
+                         a["antialias"], a["targets"], a["shard_size"], splits, a.get("image_kernel", a["kernel"]))
 
     @property
     def complete(self) -> bool:

@@ -79,7 +79,8 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--log-every", default=10, show_default=True, help="Iterations between log lines (OUT/log.jsonl; stdout when piped).")
 @click.option("--checkpoint-every", default=1000, show_default=True, help="Iterations between checkpoints (OUT/last.pt; also at the end and on SIGINT/SIGTERM).")
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, data order and augmentation.")
-@click.option("--pretrained", type=click.Path(dir_okay=False, path_type=Path), help="Local ImageNet backbone weights (never downloaded).")
+@click.option("--pretrained", type=click.Path(path_type=Path),
+              help="Local ImageNet backbone weights: a state dict file, or for segformer a Hugging Face model folder (never downloaded).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (bit-identical on CPU).")
 @click.option("--overwrite", is_flag=True, help="Start again in an --out that already holds a run (its files are deleted).")
@@ -138,14 +139,22 @@ def predict(checkpoint, images, out, mode, device):
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for stores, runs and the report.")
 @click.option("--quick", is_flag=True, help="Every arm once for a few iterations at 1/8 (about 2 minutes): a smoke test.")
 @click.option("--seeds", default=None, help="Comma-separated seeds (default 0,1,2).")
-def experiment(root, out, quick, seeds):
+@click.option("--arms", default=None, help="Comma-separated arms (default: nn,soft,soft-no-mc,soft-area; Table IV: "
+              "nn,soft,t4-bilinear-soft-bicubic,t4-bicubic-nn,t4-bicubic-soft-bilinear,t4-bicubic-soft-bicubic; also soft-bilinear-aa).")
+@click.option("--scales", default=None, help="Comma-separated scales (default 0.125,0.25).")
+def experiment(root, out, quick, seeds, arms, scales):
     """The paper's comparison on CamVid: NN vs soft labels (Table I), without multi-class pixels
-    (Table III), area vs bilinear, prior discrepancy (Table V, Fig. 8); report.md/.json and plots in OUT."""
+    (Table III), colour x label kernels (Table IV), kernels for the default, prior discrepancy
+    (Table V, Fig. 8); report.md/.json and plots in OUT."""
     from softprep_train.experiment import Settings, run_experiment
 
     settings = Settings.quick(str(root), str(out)) if quick else Settings(str(root), str(out))
     if seeds:
         settings.seeds = tuple(int(v) for v in seeds.split(","))
+    if arms:
+        settings.arms = tuple(a.strip() for a in arms.split(","))
+    if scales:
+        settings.scales = tuple(float(v) for v in scales.split(","))
     report = run_experiment(settings, log=lambda text: click.echo(text, err=True))
     click.echo(f"{out / 'report.md'}: {len(report['results'])} runs in {report['seconds'] / 60:.1f} min")
     for name, text in report["verdicts"].items():

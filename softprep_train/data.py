@@ -3,7 +3,8 @@
 A training sample is read at a *source* target of the store and brought to the crop by one
 geometry: resize by a random factor, random crop (padding marked ignore), horizontal flip. The
 geometry is two matrices built from :mod:`softprep.kernels` (the store's own kernel), so colour
-and soft label go through the very same linear map, ``out = rows @ x @ cols.T`` per channel:
+and soft label go through the very same linear map, ``out = rows @ x @ cols.T`` per channel
+(a store built with its own ``--image-kernel`` gives the colour image that kernel's matrices):
 
 * ``rows``: ``(crop_h, src_h) float32``, the resize taps of the kept output rows; padding rows are 0.
 * ``cols``: ``(crop_w, src_w) float32``, the same for columns, reversed when flipped.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -85,26 +86,47 @@ def finish_sample(raw: dict, num_classes: int | None = None) -> dict:
     float32`` (sums to the valid fraction; 0 on padding), ``nn (h, w) int64`` (255 = ignore).
 
     Only the source window the taps reach is densified and resampled: the cost follows the crop,
-    not the size of the stored image.
+    not the size of the stored image. A store whose colour kernel differs from its label kernel
+    ships the colour taps apart (``image_row_index`` ...).
     """
     device = raw["classes"].device
-    row_index, row_weight = raw["row_index"].to(device), raw["row_weight"].to(device)
-    col_index, col_weight = raw["col_index"].to(device), raw["col_weight"].to(device)
-    (top, bottom), row_index = _tap_window(row_index, row_weight)
-    (left, right), col_index = _tap_window(col_index, col_weight)
-    window = (slice(None), slice(top, bottom), slice(left, right))
-    weights = raw["weights"][window].float() / raw.get("denominator", 1.0)
-    soft = densify(raw["classes"][window], weights, num_classes or raw["num_classes"])
-    image = raw["image"][top:bottom, left:right].permute(2, 0, 1).float()
-    # Columns are resampled as rows of the transposed map: torch gathers whole rows far faster.
-    out = {name: apply_taps(apply_taps(x, row_index, row_weight, 1).transpose(1, 2).contiguous(),
-                            col_index, col_weight, 1).transpose(1, 2)
-           for name, x in (("image", image), ("soft", soft))}
+    window, resample = _geometry(raw, "", device)
+    weights = raw["weights"][(slice(None), *window)].float() / raw.get("denominator", 1.0)
+    soft = densify(raw["classes"][(slice(None), *window)], weights, num_classes or raw["num_classes"])
+    image_window, resample_image = _geometry(raw, "image_", device) if "image_row_index" in raw else (window, resample)
+    image = raw["image"][image_window].permute(2, 0, 1).float()
+    out = {"image": resample_image(image), "soft": resample(soft)}
+    if (raw["row_weight"] < 0).any() or (raw["col_weight"] < 0).any():
+        out["soft"] = _clamp_to_distribution(out["soft"])
     nn_rows, nn_cols = raw["nn_rows"].to(device), raw["nn_cols"].to(device)
     nn = raw["nn"].long()[nn_rows.clamp_min(0)][:, nn_cols.clamp_min(0)]
     nn[(nn_rows < 0)[:, None] | (nn_cols < 0)[None, :]] = IGNORE
     out["nn"] = nn
     return out
+
+
+def _clamp_to_distribution(raw: torch.Tensor) -> torch.Tensor:
+    """Negative-weight kernels (bicubic) can push a class below 0 or a pixel above 1: clamp classes at
+    0 and rescale to ``clip(sum, 0, 1)``, the rule the store's own bicubic soft labels follow."""
+    valid = raw.sum(0, keepdim=True).clamp(0.0, 1.0)
+    clamped = raw.clamp_min(0.0)
+    total = clamped.sum(0, keepdim=True)
+    return torch.where(total > 0, clamped * valid / total.clamp_min(1e-12), torch.zeros_like(clamped))
+
+
+def _geometry(raw: dict, prefix: str, device) -> tuple[tuple[slice, slice], Callable[[torch.Tensor], torch.Tensor]]:
+    """The source window ``(rows, cols)`` the taps ``{prefix}row_*`` / ``{prefix}col_*`` reach, and the
+    function resampling a ``(C, window_h, window_w)`` tensor with them."""
+    row_weight, col_weight = raw[f"{prefix}row_weight"].to(device), raw[f"{prefix}col_weight"].to(device)
+    (top, bottom), row_index = _tap_window(raw[f"{prefix}row_index"].to(device), row_weight)
+    (left, right), col_index = _tap_window(raw[f"{prefix}col_index"].to(device), col_weight)
+
+    def resample(x: torch.Tensor) -> torch.Tensor:
+        # Columns are resampled as rows of the transposed map: torch gathers whole rows far faster.
+        rows = apply_taps(x, row_index, row_weight, 1).transpose(1, 2).contiguous()
+        return apply_taps(rows, col_index, col_weight, 1).transpose(1, 2)
+
+    return (slice(top, bottom), slice(left, right)), resample
 
 
 def _tap_window(index: torch.Tensor, weight: torch.Tensor) -> tuple[tuple[int, int], torch.Tensor]:
@@ -147,6 +169,7 @@ class StoreDataset(Dataset):
         self.store_path, self.split, self.target = str(store_path), split, parse_target(target).name
         self.augment, self.densify = augment, densify
         self.kernel, self.antialias = store.attrs["kernel"], store.attrs["antialias"]
+        self.image_kernel = store.spec.colour_kernel
         self.num_classes = len(store.classes)
         self.ids = store.spec.splits[split].ids
         #: ``{target: (N, 2) int}`` stored size of every image at every target (the sources to read from).
@@ -200,7 +223,14 @@ class StoreDataset(Dataset):
         plan = plan_for_size(self.kernel, self.antialias, sample.shape, (out_h, out_w))
         row_index, row_weight, nn_rows = axis_taps(plan.rows, plan.nearest_rows, start[0], crop[0], False)
         col_index, col_weight, nn_cols = axis_taps(plan.cols, plan.nearest_cols, start[1], crop[1], flip)
-        return {
+        colour = {}
+        if self.image_kernel != self.kernel:  # Table IV stores: the colour image's own kernel
+            image_plan = plan_for_size(self.image_kernel, self.antialias, sample.shape, (out_h, out_w))
+            for axis, taps, begin, length, flipped in (("row", image_plan.rows, start[0], crop[0], False),
+                                                       ("col", image_plan.cols, start[1], crop[1], flip)):
+                index, weight, _ = axis_taps(taps, taps, begin, length, flipped)
+                colour[f"image_{axis}_index"], colour[f"image_{axis}_weight"] = torch.from_numpy(index), torch.from_numpy(weight)
+        return {**colour,
             "image": torch.from_numpy(np.ascontiguousarray(sample.image)),
             "classes": torch.from_numpy(soft.classes),
             "weights": _compact_weights(soft.weights),

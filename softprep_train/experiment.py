@@ -6,8 +6,10 @@ writes ``report.md``, ``report.json`` and plots into the output folder:
 
 * Table I   -- NN labels (``ce-nn``) against soft labels (``kl``), per class and mIoU, per scale;
 * Table III -- soft labels without multi-class pixels (``--no-mc``);
-* kernels   -- soft labels from the ``area`` kernel against ``bilinear``, and every kernel's
-               prior discrepancy and multi-class share: the evidence for the default kernel;
+* Table IV  -- colour and label kernels chosen apart (bilinear/bicubic colour x NN / soft-bilinear /
+               soft-bicubic labels; arms ``t4-*``, stores built with ``--image-kernel``);
+* kernels   -- soft labels from ``area``, ``bilinear``, ``bilinear`` + antialias and ``bicubic``, and
+               every kernel's prior discrepancy and multi-class share: the evidence for the default;
 * Fig. 8    -- per-class IoU gain (soft - NN) against the per-class reduction of |D|;
 * Table V   -- the prior discrepancy of the train split (``softprep priors``).
 
@@ -35,12 +37,24 @@ from softprep.store import open_store
 
 @dataclass(frozen=True)
 class Arm:
-    """One training configuration: which store (label kernel), loss and multi-class setting."""
+    """One training configuration: which store (label kernel, colour kernel, antialias), loss and
+    multi-class setting."""
 
     name: str
     kernel: str
     loss: str
     mc: bool = True
+    image_kernel: str | None = None  # None: the label kernel
+    antialias: bool = False
+
+    @property
+    def store_name(self) -> str:
+        colour = f"-colour-{self.image_kernel}" if self.image_kernel and self.image_kernel != self.kernel else ""
+        return f"{self.kernel}{'-aa' if self.antialias else ''}{colour}"
+
+    @property
+    def colour(self) -> str:
+        return self.image_kernel or self.kernel
 
 
 ARMS = (
@@ -48,7 +62,20 @@ ARMS = (
     Arm("soft", "bilinear", "kl"),
     Arm("soft-no-mc", "bilinear", "kl", mc=False),
     Arm("soft-area", "area", "kl"),
+    # Table IV: colour and labels from kernels chosen apart ("nn" and "soft" are its bilinear-colour row)
+    Arm("t4-bilinear-soft-bicubic", "bicubic", "kl", image_kernel="bilinear"),
+    Arm("t4-bicubic-nn", "bicubic", "ce-nn"),
+    Arm("t4-bicubic-soft-bilinear", "bilinear", "kl", image_kernel="bicubic"),
+    Arm("t4-bicubic-soft-bicubic", "bicubic", "kl"),
+    # the remaining kernel for the default: bilinear with antialias (bicubic is t4-bicubic-soft-bicubic)
+    Arm("soft-bilinear-aa", "bilinear", "kl", antialias=True),
 )
+#: The arms of the default run (Tables I and III, area vs bilinear); ``--arms`` picks others.
+DEFAULT_ARMS = ("nn", "soft", "soft-no-mc", "soft-area")
+#: Table IV cells: (colour kernel, labels) -> arm.
+TABLE4 = {("bilinear", "NN"): "nn", ("bilinear", "soft-bilinear"): "soft", ("bilinear", "soft-bicubic"): "t4-bilinear-soft-bicubic",
+          ("bicubic", "NN"): "t4-bicubic-nn", ("bicubic", "soft-bilinear"): "t4-bicubic-soft-bilinear",
+          ("bicubic", "soft-bicubic"): "t4-bicubic-soft-bicubic"}
 
 
 @dataclass
@@ -66,7 +93,7 @@ class Settings:
     lr: float = 0.05
     warmup_iters: int = 10
     workers: int = 1
-    arms: tuple[str, ...] = tuple(a.name for a in ARMS)
+    arms: tuple[str, ...] = DEFAULT_ARMS
 
     @classmethod
     def quick(cls, root: str, out: str) -> "Settings":
@@ -75,15 +102,19 @@ class Settings:
 
 
 def build_stores(settings: Settings, log) -> dict[str, Path]:
-    """One store per label kernel the arms need, at every scale (``--root`` labels serve eval)."""
+    """One store per (label kernel, antialias, colour kernel) the arms need, at every scale, and the
+    bilinear store (Table V, evidence); ``--root`` labels serve eval."""
     dataset = get_dataset(settings.dataset, settings.root)
+    needed = {a.store_name: a for a in ARMS if a.name in settings.arms}
+    needed.setdefault("bilinear", Arm("bilinear", "bilinear", "kl"))
     stores = {}
-    for kernel in sorted({a.kernel for a in ARMS if a.name in settings.arms}):
-        path = Path(settings.out) / "stores" / f"{kernel}.zarr"
+    for name, arm in sorted(needed.items()):
+        path = Path(settings.out) / "stores" / f"{name}.zarr"
         start = time.perf_counter()
-        build(dataset, path, settings.scales, kernel=kernel, splits=["train", "val"], jobs=None)
+        build(dataset, path, settings.scales, kernel=arm.kernel, antialias=arm.antialias, image_kernel=arm.image_kernel,
+              splits=["train", "val"], jobs=None)
         log(f"store {path}: built in {time.perf_counter() - start:.0f} s")
-        stores[kernel] = path
+        stores[name] = path
     return stores
 
 
@@ -115,9 +146,11 @@ def kernel_evidence(settings: Settings, stores: dict[str, Path]) -> dict:
     antialiased = compare_kernels(dataset, ["bilinear"], settings.scales, split="train", antialias=True)
     rows = {(r.strategy, r.target): float(r.sum_abs) * 1e4 for r in table.rows + antialiased.rows}
     evidence = {"sum_abs_d_x1e4": {f"{k}@{target_label(t)}": v for (k, t), v in rows.items()}, "multi_class_share": {}}
-    for kernel, path in stores.items():
+    for name, path in stores.items():
+        if "-colour-" in name:  # the same labels as the store of its label kernel
+            continue
         for s in split_stats(open_store(path), "train").targets:
-            evidence["multi_class_share"][f"{kernel}@{target_label(s.target)}"] = s.summary()["multi_class_share"]
+            evidence["multi_class_share"][f"{name}@{target_label(s.target)}"] = s.summary()["multi_class_share"]
     evidence["table"] = render(table, "markdown") + "\n" + render(antialiased, "markdown")
     return evidence
 
@@ -209,8 +242,9 @@ def run_experiment(settings: Settings, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     arms = [a for a in ARMS if a.name in settings.arms]
-    if not arms:
-        raise SoftprepError(f"no known arm in {settings.arms}; choose from {', '.join(a.name for a in ARMS)}")
+    unknown = set(settings.arms) - {a.name for a in ARMS}
+    if unknown or not arms:
+        raise SoftprepError(f"unknown arm(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from {', '.join(a.name for a in ARMS)}")
     stores = build_stores(settings, log)
     classes = open_store(stores["bilinear"]).classes
     evidence = kernel_evidence(settings, stores)
@@ -220,7 +254,7 @@ def run_experiment(settings: Settings, log=print) -> dict:
     for scale in settings.scales:
         for seed in settings.seeds:
             for arm in arms:
-                result = train_arm(settings, stores[arm.kernel], arm, scale, seed)
+                result = train_arm(settings, stores[arm.store_name], arm, scale, seed)
                 results.append(result)
                 log(f"{arm.name:<11} {target_label(parse_target(scale).name):>4} seed {seed}: mIoU {100 * result['miou']:.1f} "
                     f"({result['seconds']:.0f} s)")
@@ -233,7 +267,10 @@ def run_experiment(settings: Settings, log=print) -> dict:
               "classes": classes, "results": results, "summary": summary, "kernel_evidence": evidence,
               "table5": {k: v for k, v in priors.items()}, "fig8_pearson_r": correlations,
               "verdicts": {f"{b} vs {a} @{s}": verdict(summary, a, b, s) for s in settings.scales
-                           for a, b in (("nn", "soft"), ("soft", "soft-no-mc"), ("soft", "soft-area"))},
+                           for a, b in (("nn", "soft"), ("soft", "soft-no-mc"), ("soft", "soft-area"),
+                                        ("soft", "soft-bilinear-aa"), ("soft", "t4-bicubic-soft-bicubic"),
+                                        ("nn", "t4-bicubic-nn"), ("soft", "t4-bicubic-soft-bilinear"))
+                           if f"{a}@{s}" in summary and f"{b}@{s}" in summary},
               "seconds": time.perf_counter() - started}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown(report, table5))
@@ -255,6 +292,7 @@ def markdown(report: dict, table5) -> str:
         "",
         _table(report["summary"], arms, s["scales"], report["classes"]),
         "",
+        *_table4(report["summary"], s["scales"]),
         "## Verdicts (a difference is real only beyond the seeds' spread)",
         "",
         *[f"- {k}: {v}" for k, v in report["verdicts"].items()],
@@ -274,3 +312,21 @@ def markdown(report: dict, table5) -> str:
               "Pearson r: " + ", ".join(f"{k} {v:.2f}" for k, v in report["fig8_pearson_r"].items()), "",
               "## Table V (train split, bilinear store)", "", render(table5, "markdown"), "![table5](table5.png)", ""]
     return "\n".join(lines)
+
+
+def _table4(summary: dict, scales) -> list[str]:
+    """Table IV: mIoU (mean ± std) per colour kernel (rows) and label kind (columns), where run."""
+    labels = ["NN", "soft-bilinear", "soft-bicubic"]
+    lines = []
+    for scale in scales:
+        cells = {key: summary.get(f"{arm}@{scale}") for key, arm in TABLE4.items()}
+        if sum(v is not None for v in cells.values()) < 3:
+            continue
+        lines += [f"## Table IV at {target_label(parse_target(scale).name)}: colour kernel x labels (mIoU, mean ± std)", "",
+                  "| colour | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for colour in ("bilinear", "bicubic"):
+            row = [f"{100 * c['miou_mean']:.1f} ± {100 * c['miou_std']:.1f}" if (c := cells[(colour, label)]) else "-"
+                   for label in labels]
+            lines.append(f"| {colour} | " + " | ".join(row) + " |")
+        lines.append("")
+    return lines

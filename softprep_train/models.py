@@ -7,8 +7,13 @@ A timm backbone (``features_only``, never downloaded) plus a small in-tree head:
   last feature map, and a decoder that joins it at 1/4 with a 48-channel projection of the
   stride-4 features, two 3x3 conv-BN-ReLU, 1x1 classifier.
 
+And SegFormer (Xie et al. 2021, the paper's ADE20K model): Hugging Face ``transformers``'
+``SegformerForSemanticSegmentation`` (MiT encoder + all-MLP decoder), its field's standard
+implementation; the ``segformer`` extra.
+
 ``forward(x (B, 3, H, W))`` returns logits ``(B, C, H, W)`` (bilinear from 1/4). ImageNet
-weights only come from a local file (``pretrained=PATH``: a timm / torchvision state dict).
+weights only come from a local file (``pretrained=PATH``: a timm / torchvision state dict; for
+SegFormer also a local Hugging Face model folder).
 """
 
 from __future__ import annotations
@@ -97,12 +102,30 @@ class Segmenter(nn.Module):
         return logits[..., :h, :w]
 
 
+class SegFormer(nn.Module):
+    """Hugging Face's SegFormer; inputs padded to a multiple of 32, logits upsampled (bilinear) and cropped."""
+
+    stride = 32
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.backbone = model.segformer  # the MiT encoder: what pretrained weights fill
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (0, -w % self.stride, 0, -h % self.stride))
+        logits = self.model(pixel_values=padded).logits
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registry entry: the timm backbone and how to build the head on it."""
+    """A registry entry: the backbone (timm name, or MiT size) and how to build the head on it."""
 
     backbone: str
-    family: str  # "hrnetv2" | "deeplabv3plus"
+    family: str  # "hrnetv2" | "deeplabv3plus" | "segformer"
     output_stride: int = 8
 
 
@@ -113,6 +136,13 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv3plus_r101_os16": ModelSpec("resnet101", "deeplabv3plus", 16),
     "deeplabv3plus_r50": ModelSpec("resnet50", "deeplabv3plus", 8),
     "deeplabv3plus_r18": ModelSpec("resnet18", "deeplabv3plus", 16),
+    "segformer_b2": ModelSpec("mit_b2", "segformer", 32),
+}
+
+#: MiT encoder sizes (SegFormer paper, Table 6) and the all-MLP decoder width that goes with them.
+MIT_SIZES = {
+    "mit_b2": {"depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 320, 512], "num_attention_heads": [1, 2, 5, 8],
+               "sr_ratios": [8, 4, 2, 1], "decoder_hidden_size": 768},
 }
 
 
@@ -141,7 +171,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, name: str) -> t
     if not path.is_file():
         raise SoftprepError(f"{path}: pretrained weights file not found (weights are never downloaded; name a local file)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickles with code, truncated files: one line
         raise SoftprepError(f"{path}: cannot read pretrained weights ({type(error).__name__}); "
                             "expected a torch state dict of tensors") from None
@@ -150,7 +185,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, name: str) -> t
             state = state[key]
     if not isinstance(state, dict):
         raise SoftprepError(f"{path}: not a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    return load_backbone_weights_from_state(backbone, state, path, name)
+
+
+def load_backbone_weights_from_state(backbone: nn.Module, state: dict, path, name: str) -> tuple[int, int]:
+    """:func:`load_backbone_weights` once the file is read: match by name and shape, refuse a poor match."""
+    state = {k.removeprefix("module.").removeprefix("segformer."): v for k, v in state.items() if torch.is_tensor(v)}
     own = backbone.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     # judged on the weight tensors (convolutions, linear layers): BN statistics and counters of a
@@ -169,6 +209,8 @@ def build_model(name: str, num_classes: int, pretrained: str | Path | None = Non
     if name not in MODELS:
         raise SoftprepError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     spec = MODELS[name]
+    if spec.family == "segformer":
+        return _segformer(spec, num_classes, pretrained)
     backbone = _backbone(spec)
     if pretrained is not None:
         loaded, total = load_backbone_weights(backbone, pretrained, spec.backbone)
@@ -181,3 +223,24 @@ def build_model(name: str, num_classes: int, pretrained: str | Path | None = Non
     return Segmenter(backbone, head)
 
 
+
+
+def _segformer(spec: ModelSpec, num_classes: int, pretrained: str | Path | None) -> SegFormer:
+    try:
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerModel
+    except ImportError:
+        raise SoftprepError("segformer models need the segformer extra: pip install 'softprep[segformer]'") from None
+    config = SegformerConfig(num_labels=num_classes, **MIT_SIZES[spec.backbone])
+    model = SegFormer(SegformerForSemanticSegmentation(config))
+    if pretrained is None:
+        return model
+    if Path(pretrained).is_dir():  # a local Hugging Face model folder (config.json + weights)
+        try:
+            encoder = SegformerModel.from_pretrained(str(pretrained), local_files_only=True)
+        except Exception as error:  # noqa: BLE001 - a wrong or damaged folder: one line
+            raise SoftprepError(f"{pretrained}: cannot load a SegFormer encoder from this folder ({type(error).__name__})") from None
+        loaded, total = load_backbone_weights_from_state(model.backbone, encoder.state_dict(), pretrained, spec.backbone)
+    else:
+        loaded, total = load_backbone_weights(model.backbone, pretrained, spec.backbone)
+    model.backbone.pretrained_tensors = (loaded, total)
+    return model

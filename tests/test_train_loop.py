@@ -209,3 +209,20 @@ def test_readme_ten_line_loop_runs_and_augments_each_epoch(store, tmp_path, monk
     dataset = namespace["dataset"]
     first, second = dataset[0], dataset[0]  # a plain index draws a new augmentation each time
     assert first["image"].shape == (3, 16, 32) and not torch.equal(first["image"], second["image"])
+
+
+def test_segformer_b2_trains_a_few_iterations_on_cpu(store, tmp_path):
+    pytest.importorskip("transformers", reason="needs the segformer extra: pip install 'softprep[segformer]'")
+    model = build_model("segformer_b2", 19)
+    assert 27e6 < sum(p.numel() for p in model.parameters()) < 28e6  # MiT-B2 + all-MLP decoder (768)
+    config = TrainConfig(store=store, out=str(tmp_path / "seg"), iters=3, **{**TINY, "model": "segformer_b2", "batch_size": 2})
+    summary = fit(config, progress=False)
+    curve = losses(tmp_path / "seg")
+    assert summary["iterations"] == 3 and len(curve) == 3 and all(np.isfinite(curve))
+    # encoder weights from a local state dict file: the MiT tensors are matched by name
+    weights = tmp_path / "mit_b2.pt"
+    torch.save({f"segformer.{k}": v for k, v in model.backbone.state_dict().items()}, weights)
+    loaded = build_model("segformer_b2", 19, pretrained=weights)
+    assert loaded.backbone.pretrained_tensors[0] == loaded.backbone.pretrained_tensors[1]
+    first = next(iter(model.backbone.state_dict()))
+    torch.testing.assert_close(loaded.backbone.state_dict()[first], model.backbone.state_dict()[first])
