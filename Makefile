@@ -26,8 +26,9 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python benchmarks/bench_build.py --json bench-results.json
 	$(BIN)/python benchmarks/bench_datasets.py
+	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:
-	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache
+	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache bench-results.json
