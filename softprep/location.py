@@ -3,7 +3,7 @@
 Dataset roots and stores are *locations*: :func:`location` turns a command-line string into a
 ``pathlib.Path`` (local) or a ``upath.UPath`` (remote; the ``cloud`` extra), and the rest of softprep
 uses the pathlib API on either (``/``, ``glob``, ``open``, ``is_file``, ``stat``, ``relative_to``).
-Zarr opens a store from :func:`zarr_url`; remote stores use zarr's fsspec store.
+Zarr opens a store from ``str(location)`` (a folder, or the ``scheme://`` URL, which zarr opens with its fsspec store).
 
 Credentials come only from the filesystem library's own environment and configuration (for S3:
 ``AWS_*`` variables, ``~/.aws``; an endpoint from ``AWS_ENDPOINT_URL``), never from softprep's
@@ -42,16 +42,6 @@ def location(path: str | os.PathLike | Location) -> Location:
 def is_remote(path) -> bool:
     """True for a ``UPath`` on a non-local filesystem."""
     return not isinstance(path, (str, os.PathLike)) or (not isinstance(path, Path) and hasattr(path, "fs"))
-
-
-def zarr_url(path: Location) -> str:
-    """What ``zarr.open_group`` takes for ``path``: a local path, or the ``scheme://`` URL."""
-    return str(path)
-
-
-def storage_options(path: Location) -> dict | None:
-    """fsspec options zarr needs for ``path`` (None for local paths)."""
-    return dict(path.storage_options) if is_remote(path) else None
 
 
 def remove_tree(path: Location) -> None:
