@@ -62,6 +62,8 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--model", default="hrnetv2_w48", show_default=True, type=click.Choice(list(MODELS)),
               help="Registered model (hrnetv2_w48 is the paper's; hrnetv2_w18_small and deeplabv3plus_r18 suit a CPU).")
 @click.option("--loss", default="kl", show_default=True, type=click.Choice(["kl", "ce-nn"]), help="kl: soft labels; ce-nn: NN hard labels (baseline).")
+@click.option("--nn-sampling", default="floor", show_default=True, type=click.Choice(["floor", "centre"]),
+              help="ce-nn labels: floor = torch nearest (the stored NN map); centre = nearest-exact from the store's 1.0 target.")
 @click.option("--mc/--no-mc", default=True, show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
 @click.option("--class-weights", type=click.Path(dir_okay=False, path_type=Path), help="JSON list of per-class loss weights.")
 @click.option("--split", default="train", show_default=True, help="Store split to train on.")
@@ -69,11 +71,14 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--batch-size", default=12, show_default=True, help="Images per step per process (global batch = this x processes).")
 @click.option("--iters", default=80000, show_default=True, help="Iterations (ignored with --epochs).")
 @click.option("--epochs", type=int, default=None, help="Train for this many epochs instead of --iters.")
-@click.option("--lr", default=0.01, show_default=True, help="Peak learning rate of SGD (momentum 0.9), then poly decay (power 0.9).")
+@click.option("--lr", default=0.01, show_default=True, help="Peak learning rate, then poly decay (power 0.9).")
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]), help="sgd (momentum 0.9) or adamw.")
+@click.option("--weight-decay", default=1e-4, show_default=True, help="Weight decay of the optimizer.")
 @click.option("--warmup-iters", default=0, show_default=True, help="Linear warm-up before the poly schedule.")
 @click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="auto: bf16 on GPU, off on CPU.")
 @click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
 @click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
+@click.option("--cache", is_flag=True, help="Keep decoded stored samples in memory (small datasets: faster steps).")
 @click.option("--densify", default="auto", show_default=True, type=click.Choice(["auto", "worker", "device"]),
               help="Where sparse soft labels become dense: auto = device on GPU, worker on CPU.")
 @click.option("--log-every", default=10, show_default=True, help="Iterations between log lines (OUT/log.jsonl; stdout when piped).")
@@ -135,30 +140,42 @@ def predict(checkpoint, images, out, mode, device):
 
 
 @main.command()
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="CamVid root (SegNet layout).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for stores, runs and the report.")
-@click.option("--quick", is_flag=True, help="Every arm once for a few iterations at 1/8 (about 2 minutes): a smoke test.")
-@click.option("--seeds", default=None, help="Comma-separated seeds (default 0,1,2).")
-@click.option("--arms", default=None, help="Comma-separated arms (default: nn,soft,soft-no-mc,soft-area; Table IV: "
-              "nn,soft,t4-bilinear-soft-bicubic,t4-bicubic-nn,t4-bicubic-soft-bilinear,t4-bicubic-soft-bicubic; also soft-bilinear-aa).")
-@click.option("--scales", default=None, help="Comma-separated scales (default 0.125,0.25).")
-def experiment(root, out, quick, seeds, arms, scales):
-    """The paper's comparison on CamVid: NN vs soft labels (Table I), without multi-class pixels
-    (Table III), colour x label kernels (Table IV), kernels for the default, prior discrepancy
-    (Table V, Fig. 8); report.md/.json and plots in OUT."""
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root (for camvid: SegNet's layout).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for stores, runs (checkpoints, commands, results) and the report; rerun to resume.")
+@click.option("--dataset", default="camvid", show_default=True, help="Dataset adapter of --root (any of softprep's, folder included).")
+@click.option("--eval-split", default="val", show_default=True, help="Labelled split every run is scored on.")
+@click.option("--quick", is_flag=True, help="Every arm at 1/8, 2 seeds, 4 iterations each (under 2 minutes): a smoke test.")
+@click.option("--seeds", default=None, help="Comma-separated seeds for every scale (default: 0-4 at 1/8, 0-2 at 1/4).")
+@click.option("--arms", default=None, help="Comma-separated arms for every scale (default: nn,nn-centred,soft,soft-no-mc,"
+              "soft-bilinear at 1/8; nn,nn-centred,soft at 1/4).")
+@click.option("--scales", default=None, help="Comma-separated training scales (default 0.125,0.25).")
+@click.option("--jobs", default=2, show_default=True, help="Runs trained at a time (one core each).")
+def experiment(root, out, dataset, eval_split, quick, seeds, arms, scales, jobs):
+    """Soft labels against nearest neighbour, paired by seed: arms nn, nn-centred, soft, soft-no-mc,
+    soft-bilinear trained to convergence, scored at full resolution, compared with t and bootstrap
+    CIs (Holm-corrected); report.md/.json, learning curves and predictions in OUT."""
     from softprep_train.experiment import Settings, run_experiment
 
-    settings = Settings.quick(str(root), str(out)) if quick else Settings(str(root), str(out))
-    if seeds:
-        settings.seeds = tuple(int(v) for v in seeds.split(","))
-    if arms:
-        settings.arms = tuple(a.strip() for a in arms.split(","))
+    make = Settings.quick if quick else Settings
+    settings = make(str(root), str(out), dataset=dataset, eval_split=eval_split, jobs=jobs)
     if scales:
-        settings.scales = tuple(float(v) for v in scales.split(","))
+        chosen = [v.strip() for v in scales.split(",")]
+        default = Settings(str(root), str(out))
+        pick = lambda table, fallback: {k: table.get(k, fallback[k] if k in fallback else next(iter(fallback.values())))
+                                        for k in chosen}
+        settings.arms, settings.seeds = pick(settings.arms, default.arms), pick(settings.seeds, default.seeds)
+        settings.epochs = pick(settings.epochs, default.epochs)
+    if seeds:
+        settings.seeds = {k: tuple(int(v) for v in seeds.split(",")) for k in settings.arms}
+    if arms:
+        settings.arms = {k: tuple(a.strip() for a in arms.split(",")) for k in settings.arms}
     report = run_experiment(settings, log=lambda text: click.echo(text, err=True))
-    click.echo(f"{out / 'report.md'}: {len(report['results'])} runs in {report['seconds'] / 60:.1f} min")
-    for name, text in report["verdicts"].items():
-        click.echo(f"  {name}: {text}")
+    click.echo(f"{out / 'report.md'}: {len(report['runs'])} runs")
+    for comparison in report["primary"]:
+        t = comparison["t"]
+        click.echo(f"  {comparison['name']}: {100 * t['mean']:+.2f} mIoU, 95% CI [{100 * t['low']:+.2f}, "
+                   f"{100 * t['high']:+.2f}] ({comparison['verdict']})")
 
 
 def entry():

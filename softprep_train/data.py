@@ -30,12 +30,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from softprep.errors import SoftprepError
 from softprep.kernels import AxisWeights
 from softprep.plan import parse_target, plan_for_size
 from softprep.store import open_store
 
 IGNORE = 255
 RESIZE_RANGE = (0.5, 2.0)
+#: The stored target holding the original labels (what ``nn_sampling="centre"`` samples from).
+FULL_RESOLUTION = "1.0"
+#: How the hard (``ce-nn``) labels are sampled: ``floor`` is torch's ``nearest`` (the store's NN map,
+#: resampled again by the augmentation: what pipelines do; it sits up and left of the colour image),
+#: ``centre`` is ``nearest-exact`` from the full-resolution labels in one step (aligned with the colour).
+NN_SAMPLINGS = ("floor", "centre")
 
 
 @dataclass
@@ -161,11 +168,22 @@ class StoreDataset(Dataset):
 
     Items: with ``densify="worker"``, :func:`finish_sample`'s dict (plus ``index``); with
     ``densify="device"``, the raw sparse dict that :func:`finish_sample` takes.
+
+    ``cache=True`` keeps every decoded stored sample (colour, sparse soft label, NN map) in this
+    process's memory after its first read: for datasets that fit in memory, where reading and
+    decoding would dominate the steps of a small model. ``nn_sampling`` (:data:`NN_SAMPLINGS`)
+    chooses how the ``nn`` labels are sampled; ``"centre"`` needs the store's target ``1.0``.
     """
 
     def __init__(self, store_path: str, split: str, target, augment: Augment | None = None,
-                 densify: str = "worker"):
+                 densify: str = "worker", cache: bool = False, nn_sampling: str = "floor"):
         store = open_store(store_path)
+        if nn_sampling not in NN_SAMPLINGS:
+            raise SoftprepError(f"unknown nn_sampling {nn_sampling!r}; choose one of {', '.join(NN_SAMPLINGS)}")
+        if nn_sampling == "centre" and FULL_RESOLUTION not in store.targets:
+            raise SoftprepError(f"{store_path}: centred NN labels are sampled from the full-resolution labels, and the "
+                                f"store has no target {FULL_RESOLUTION}; rebuild it with --scales ... 1.0")
+        self.cache, self.nn_sampling, self._cached = cache, nn_sampling, {}
         self.store_path, self.split, self.target = str(store_path), split, parse_target(target).name
         self.augment, self.densify = augment, densify
         self.kernel, self.antialias = store.attrs["kernel"], store.attrs["antialias"]
@@ -183,7 +201,7 @@ class StoreDataset(Dataset):
     def view(self, target: str):
         """This process's reader of the split at ``target`` (each worker opens the store once)."""
         if self._pid != os.getpid():
-            self._store, self._pid, self._views = open_store(self.store_path), os.getpid(), {}
+            self._store, self._pid, self._views, self._cached = open_store(self.store_path), os.getpid(), {}, {}
         if target not in self._views:
             self._views[target] = self._store.samples(self.split, target)
         return self._views[target]
@@ -218,29 +236,63 @@ class StoreDataset(Dataset):
             crop = self.augment.crop
             start = (int(rng.integers(0, max(out_h - crop[0], 0) + 1)), int(rng.integers(0, max(out_w - crop[1], 0) + 1)))
             flip = bool(self.augment.flip and rng.random() < 0.5)
-        sample = self.view(source)[index]
-        soft = sample.soft_label()
-        plan = plan_for_size(self.kernel, self.antialias, sample.shape, (out_h, out_w))
+        image, soft, nn = self.stored(source, index)
+        shape = image.shape[:2]
+        plan = plan_for_size(self.kernel, self.antialias, shape, (out_h, out_w))
         row_index, row_weight, nn_rows = axis_taps(plan.rows, plan.nearest_rows, start[0], crop[0], False)
         col_index, col_weight, nn_cols = axis_taps(plan.cols, plan.nearest_cols, start[1], crop[1], flip)
+        if self.nn_sampling == "centre":
+            nn = self.full_resolution_labels(index)
+            nn_rows = centre_nearest(nn.shape[0], out_h, start[0], crop[0], False)
+            nn_cols = centre_nearest(nn.shape[1], out_w, start[1], crop[1], flip)
         colour = {}
         if self.image_kernel != self.kernel:  # Table IV stores: the colour image's own kernel
-            image_plan = plan_for_size(self.image_kernel, self.antialias, sample.shape, (out_h, out_w))
+            image_plan = plan_for_size(self.image_kernel, self.antialias, shape, (out_h, out_w))
             for axis, taps, begin, length, flipped in (("row", image_plan.rows, start[0], crop[0], False),
                                                        ("col", image_plan.cols, start[1], crop[1], flip)):
-                index, weight, _ = axis_taps(taps, taps, begin, length, flipped)
-                colour[f"image_{axis}_index"], colour[f"image_{axis}_weight"] = torch.from_numpy(index), torch.from_numpy(weight)
+                tap_index, weight, _ = axis_taps(taps, taps, begin, length, flipped)
+                colour[f"image_{axis}_index"], colour[f"image_{axis}_weight"] = torch.from_numpy(tap_index), torch.from_numpy(weight)
         return {**colour,
-            "image": torch.from_numpy(np.ascontiguousarray(sample.image)),
+            "image": torch.from_numpy(image),
             "classes": torch.from_numpy(soft.classes),
             "weights": _compact_weights(soft.weights),
             "denominator": float(soft.denominator or 1),
-            "nn": torch.from_numpy(sample.nn()),
+            "nn": torch.from_numpy(nn),
             "row_index": torch.from_numpy(row_index), "row_weight": torch.from_numpy(row_weight),
             "col_index": torch.from_numpy(col_index), "col_weight": torch.from_numpy(col_weight),
             "nn_rows": torch.from_numpy(nn_rows), "nn_cols": torch.from_numpy(nn_cols),
             "index": index, "num_classes": self.num_classes,
         }
+
+    def stored(self, target: str, index: int) -> tuple[np.ndarray, "SoftLabel", np.ndarray]:
+        """Image ``index`` as stored at ``target``: colour ``(h, w, 3) uint8``, the sparse soft label,
+        NN map ``(h, w) uint8``; from memory when cached."""
+        return self._remember((target, index), lambda sample: (np.ascontiguousarray(sample.image), sample.soft_label(),
+                                                               sample.nn()))
+
+    def full_resolution_labels(self, index: int) -> np.ndarray:
+        """``(H, W) uint8`` original labels of image ``index`` (the store's target 1.0); cached like :meth:`stored`."""
+        return self._remember(("labels", index), lambda sample: sample.nn())
+
+    def _remember(self, key: tuple, read: Callable):
+        target = FULL_RESOLUTION if key[0] == "labels" else key[0]
+        view = self.view(target)  # first: a new process drops the parent's cache
+        if key not in self._cached:
+            value = read(view[key[1]])
+            if not self.cache:
+                return value
+            self._cached[key] = value
+        return self._cached[key]
+
+
+def centre_nearest(full: int, out: int, start: int, length: int, flip: bool) -> np.ndarray:
+    """``(length,) int64`` full-resolution index of each kept output pixel under ``nearest-exact``
+    sampling ``full -> out`` (pixel centres aligned: ``floor((i + 0.5) * full / out)``), for output
+    pixels ``[start, start + length)``; -1 beyond ``out`` (padding); reversed when ``flip``."""
+    position = np.arange(start, start + length)
+    index = np.minimum(((2 * position + 1) * full) // (2 * out), full - 1).astype(np.int64)
+    index[position >= out] = -1
+    return index[::-1].copy() if flip else index
 
 
 def _compact_weights(weights: np.ndarray) -> torch.Tensor:

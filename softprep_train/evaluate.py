@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ class Report:
     confusion: np.ndarray  # (C, C) int64, rows = ground truth, columns = prediction
     model: str
     target: str
+    per_image: np.ndarray | None = None  # (N, C, C) int64: each image's confusion (bootstraps over images)
 
     @property
     def iou(self) -> np.ndarray:
@@ -56,14 +58,15 @@ class Report:
     def to_json(self) -> dict:
         return {"model": self.model, "target": self.target, "classes": self.classes,
                 "iou": [None if np.isnan(v) else float(v) for v in self.iou], "miou": self.miou,
-                "confusion": self.confusion.tolist()}
+                "confusion": self.confusion.tolist(),
+                **({"per_image_confusion": self.per_image.tolist()} if self.per_image is not None else {})}
 
 
 def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
-    """``(C,)`` IoU = TP / (TP + FP + FN) per class; NaN where that is 0/0."""
+    """``(..., C, C)`` confusion (rows = truth) -> ``(..., C)`` IoU = TP / (TP + FP + FN); NaN where that is 0/0."""
     confusion = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - tp
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    union = confusion.sum(-2) + confusion.sum(-1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / union, np.nan)
 
@@ -119,9 +122,43 @@ def full_resolution_labels(store: Store, split: str, root: str | Path | None):
 
 
 @torch.no_grad()
+def image_confusions(model: torch.nn.Module, pairs: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int,
+                     mode: str = "whole", window: tuple[int, int] | None = None, device: torch.device | str = "cpu",
+                     batch_size: int = 8) -> np.ndarray:
+    """``(N, C, C) int64`` confusion matrix of each image (rows = ground truth): the model sees the
+    ``(h, w, 3) uint8`` image, its logits are upsampled (bilinear) to the ``(H, W) uint8`` label's size.
+
+    Consecutive images of one size go through the model together (``batch_size``, whole mode only).
+    """
+    model.eval()
+    out = []
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def flush():
+        images = torch.stack([torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) for im, _ in pending])
+        images = normalise(images.float().to(device))
+        logits = model(images) if mode == "whole" else torch.cat([predict_logits(model, im[None], mode, window)
+                                                                  for im in images])
+        for (_, label), one in zip(pending, logits):
+            label_t = torch.from_numpy(np.ascontiguousarray(label)).to(device)
+            full = F.interpolate(one[None].float(), size=label_t.shape, mode="bilinear", align_corners=False)
+            confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
+            accumulate(confusion, full[0].argmax(0), label_t)
+            out.append(confusion.cpu().numpy())
+        pending.clear()
+
+    for image, label in pairs:
+        if pending and (image.shape != pending[0][0].shape or len(pending) >= batch_size or mode != "whole"):
+            flush()
+        pending.append((image, label))
+    if pending:
+        flush()
+    return np.stack(out) if out else np.zeros((0, num_classes, num_classes), np.int64)
+
+
 def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val", root: str | Path | None = None,
              mode: str = "whole", device: str = "auto", progress: bool = True) -> Report:
-    """Full-resolution confusion matrix and IoU of a checkpoint on a split of a store."""
+    """Full-resolution confusion matrices (per image and summed) and IoU of a checkpoint on a split of a store."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model, state = load_checkpoint(checkpoint, device)
     target = parse_target(state["config"]["scale"]).name
@@ -130,15 +167,10 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val",
         raise SoftprepError(f"{store_path}: classes differ from the checkpoint's; evaluate on a store of the same dataset")
     view = store.samples(split, target)
     labels = full_resolution_labels(store, split, root)
-    c = len(store.classes)
-    confusion = torch.zeros((c, c), dtype=torch.int64, device=device)
-    for i in tqdm(range(len(view)), desc="eval", unit="img", disable=None if progress else True):
-        image = torch.from_numpy(np.ascontiguousarray(view[i].image)).permute(2, 0, 1)[None].float().to(device)
-        logits = predict_logits(model, normalise(image), mode, tuple(state["crop"]))
-        label = torch.from_numpy(labels(i)).to(device)
-        full = F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False)
-        accumulate(confusion, full[0].argmax(0), label)
-    return Report(store.classes, confusion.cpu().numpy(), state["config"]["model"], target)
+    pairs = ((view[i].image, labels(i)) for i in tqdm(range(len(view)), desc="eval", unit="img",
+                                                       disable=None if progress else True))
+    per_image = image_confusions(model, pairs, len(store.classes), mode, tuple(state["crop"]), device, batch_size=1)
+    return Report(store.classes, per_image.sum(0), state["config"]["model"], target, per_image)
 
 
 def save_report(report: Report, path: str | Path) -> Path:

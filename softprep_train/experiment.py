@@ -1,332 +1,326 @@
-"""``softprep-train experiment``: the paper's comparison, small and real, on CamVid.
+"""``softprep-train experiment``: does training on soft labels beat nearest neighbour? Paired seeds,
+converged models, confidence intervals.
 
-Builds the stores, trains every arm with the same model, schedule, seeds and augmentation (only
-the label down-sampling and the loss change), evaluates each on val at full resolution, and
-writes ``report.md``, ``report.json`` and plots into the output folder:
+One protocol for any dataset adapter's root (CamVid by default):
 
-* Table I   -- NN labels (``ce-nn``) against soft labels (``kl``), per class and mIoU, per scale;
-* Table III -- soft labels without multi-class pixels (``--no-mc``);
-* Table IV  -- colour and label kernels chosen apart (bilinear/bicubic colour x NN / soft-bilinear /
-               soft-bicubic labels; arms ``t4-*``, stores built with ``--image-kernel``);
-* kernels   -- soft labels from ``area``, ``bilinear``, ``bilinear`` + antialias and ``bicubic``, and
-               every kernel's prior discrepancy and multi-class share: the evidence for the default;
-* Fig. 8    -- per-class IoU gain (soft - NN) against the per-class reduction of |D|;
-* Table V   -- the prior discrepancy of the train split (``softprep priors``).
-
-Every arm runs with each seed; a difference is called real only when it exceeds the seeds' spread.
+1. **Stores.** One colour kernel (``area``) for every arm, so the colour images are identical:
+   ``stores/area.zarr`` (area soft labels, the stored NN maps and the full-resolution labels at
+   target ``1.0``) and ``stores/bilinear.zarr`` (bilinear soft labels, area colour). Each
+   training scale ``s`` also stores ``2 s``, so the augmentation (resize by U(0.5, 2)) never
+   enlarges a stored sample.
+2. **Arms** (:data:`ARMS`), the same model, schedule, seeds and augmentation draws; only the
+   labels and the loss change: ``nn`` (torch ``nearest``, what pipelines do), ``nn-centred``
+   (``nearest-exact`` from full resolution: the aligned hard baseline), ``soft`` (area, KL),
+   ``soft-no-mc`` (Table III), ``soft-bilinear`` (the paper's kernel).
+3. **Runs.** Every (scale, arm, seed) trains ``unet_small`` (full-resolution logits) from scratch
+   with AdamW + poly, is scored on the evaluation split at full resolution every few epochs
+   (learning curves) and at the end (per-image confusion matrices), and records
+   ``runs/NAME/result.json`` beside its checkpoint and the exact commands. A rerun skips runs whose
+   result is recorded with the same settings: the experiment resumes, across sessions too.
+4. **Report.** Paired differences with t and two-level bootstrap CIs, Holm-corrected
+   (:mod:`softprep_train.comparison`); convergence of the NN arm; learning curves and the paper's
+   Fig. 5/6 (:mod:`softprep_train.experiment_report`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from softprep.build import build
 from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
-from softprep.kernels import KERNELS
 from softprep.plan import parse_target
-from softprep.priors import compare_kernels, render, store_priors, target_label
-from softprep.stats import split_stats
 from softprep.store import open_store
+
+#: The colour kernel of every arm's store (identical colour images across arms).
+COLOUR_KERNEL = "area"
+FULL = "1.0"
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One training configuration: which store (label kernel, colour kernel, antialias), loss and
-    multi-class setting."""
+    """One way of making the training labels: the store's label kernel, the loss, multi-class
+    pixels, and how hard labels are sampled."""
 
     name: str
-    kernel: str
-    loss: str
+    kernel: str  # the label kernel of the store it reads (colour: always COLOUR_KERNEL)
+    loss: str  # "kl" | "ce-nn"
     mc: bool = True
-    image_kernel: str | None = None  # None: the label kernel
-    antialias: bool = False
-
-    @property
-    def store_name(self) -> str:
-        colour = f"-colour-{self.image_kernel}" if self.image_kernel and self.image_kernel != self.kernel else ""
-        return f"{self.kernel}{'-aa' if self.antialias else ''}{colour}"
-
-    @property
-    def colour(self) -> str:
-        return self.image_kernel or self.kernel
+    nn_sampling: str = "floor"
+    about: str = ""
 
 
-ARMS = (
-    Arm("nn", "bilinear", "ce-nn"),  # the usual pipeline: NN labels from the same store
-    Arm("soft", "bilinear", "kl"),
-    Arm("soft-no-mc", "bilinear", "kl", mc=False),
-    Arm("soft-area", "area", "kl"),
-    # Table IV: colour and labels from kernels chosen apart ("nn" and "soft" are its bilinear-colour row)
-    Arm("t4-bilinear-soft-bicubic", "bicubic", "kl", image_kernel="bilinear"),
-    Arm("t4-bicubic-nn", "bicubic", "ce-nn"),
-    Arm("t4-bicubic-soft-bilinear", "bilinear", "kl", image_kernel="bicubic"),
-    Arm("t4-bicubic-soft-bicubic", "bicubic", "kl"),
-    # the remaining kernel for the default: bilinear with antialias (bicubic is t4-bicubic-soft-bicubic)
-    Arm("soft-bilinear-aa", "bilinear", "kl", antialias=True),
-)
-#: The arms of the default run (Tables I and III, area vs bilinear); ``--arms`` picks others.
-DEFAULT_ARMS = ("nn", "soft", "soft-no-mc", "soft-area")
-#: Table IV cells: (colour kernel, labels) -> arm.
-TABLE4 = {("bilinear", "NN"): "nn", ("bilinear", "soft-bilinear"): "soft", ("bilinear", "soft-bicubic"): "t4-bilinear-soft-bicubic",
-          ("bicubic", "NN"): "t4-bicubic-nn", ("bicubic", "soft-bilinear"): "t4-bicubic-soft-bilinear",
-          ("bicubic", "soft-bicubic"): "t4-bicubic-soft-bicubic"}
+ARMS = {arm.name: arm for arm in (
+    Arm("nn", "area", "ce-nn", about="torch `nearest` labels (the stored NN map, resampled again by the augmentation)"),
+    Arm("nn-centred", "area", "ce-nn", nn_sampling="centre",
+        about="`nearest-exact` from full resolution: hard labels aligned with the colour image"),
+    Arm("soft", "area", "kl", about="area soft labels, KL loss (eq. 4)"),
+    Arm("soft-no-mc", "area", "kl", mc=False, about="area soft labels, single-class pixels only (Table III)"),
+    Arm("soft-bilinear", "bilinear", "kl", about="bilinear soft labels (the paper's kernel), area colour"),
+)}
+
+#: (a, b): the comparisons ``b - a`` reported, where both arms ran at a scale.
+COMPARISONS = (("nn", "soft"), ("nn-centred", "soft"), ("nn", "nn-centred"), ("soft", "soft-no-mc"),
+               ("soft", "soft-bilinear"))
+#: CamVid's thin classes (the secondary endpoints); other datasets: their rarest classes.
+THIN_CLASSES = {"camvid": ("pole", "sign symbol", "fence", "pedestrian", "bicyclist")}
 
 
 @dataclass
 class Settings:
-    """The experiment's configuration: the default fits 60 minutes of this project's 2-core CPU."""
+    """The protocol: per training scale (a stored factor name), its arms, seeds and epochs.
+
+    The default fits about 150 minutes of a 2-core CPU (two runs at a time, one core each).
+    """
 
     root: str
     out: str
     dataset: str = "camvid"
-    scales: tuple[float, ...] = (0.125, 0.25)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    model: str = "hrnetv2_w18_small"
-    iters: dict = field(default_factory=lambda: {"0.125": 240, "0.25": 140})
+    train_split: str = "train"
+    eval_split: str = "val"
+    model: str = "unet_small"
+    arms: dict = field(default_factory=lambda: {"0.125": ("nn", "nn-centred", "soft", "soft-no-mc", "soft-bilinear"),
+                                                 "0.25": ("nn", "nn-centred", "soft")})
+    seeds: dict = field(default_factory=lambda: {"0.125": (0, 1, 2, 3, 4), "0.25": (0, 1, 2)})
+    epochs: dict = field(default_factory=lambda: {"0.125": 60, "0.25": 30})
+    iters: int | None = None  # instead of epochs (the quick run)
     batch_size: int = 8
-    lr: float = 0.05
-    warmup_iters: int = 10
-    workers: int = 1
-    arms: tuple[str, ...] = DEFAULT_ARMS
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 4  # epochs between learning-curve points (also 80% of the run)
+    jobs: int = 2  # runs at a time, one core each
+    replicates: int = 2000  # bootstrap replicates
 
     @classmethod
-    def quick(cls, root: str, out: str) -> "Settings":
-        """End to end in about 2 minutes: every arm once, a few iterations, at 1/8 only."""
-        return cls(root, out, scales=(0.125,), seeds=(0,), iters={"0.125": 3}, workers=0)
+    def quick(cls, root: str, out: str, **overrides) -> "Settings":
+        """End to end in under 2 minutes: every arm at 1/8 with 2 seeds, a few iterations each."""
+        return cls(root, out, arms={"0.125": tuple(ARMS)}, seeds={"0.125": (0, 1)}, epochs={"0.125": 1}, iters=4,
+                   replicates=200, **overrides)
+
+    @property
+    def scales(self) -> list[str]:
+        return list(self.arms)
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """``(scale, arm, seed)`` in the order they run: scale by scale, seed-major (pairs finish together)."""
+        return [(scale, arm, seed) for scale in self.scales for seed in self.seeds[scale] for arm in self.arms[scale]]
+
+    def store_targets(self, kernel: str) -> list[str]:
+        """Targets a store needs: every scale its arms train at, twice each (no enlarging), and 1.0
+        in the area store (centred NN labels, full-resolution evaluation labels)."""
+        scales = [s for s in self.scales if any(ARMS[a].kernel == kernel for a in self.arms[s])]
+        targets = {parse_target(s).name for s in scales} | {parse_target(min(1.0, 2 * float(s))).name for s in scales}
+        if kernel == COLOUR_KERNEL:
+            targets |= {FULL} | {parse_target(s).name for s in self.scales}
+        return sorted(targets, key=float)
 
 
-def build_stores(settings: Settings, log) -> dict[str, Path]:
-    """One store per (label kernel, antialias, colour kernel) the arms need, at every scale, and the
-    bilinear store (Table V, evidence); ``--root`` labels serve eval."""
+def check_settings(settings: Settings) -> None:
+    unknown = {a for arms in settings.arms.values() for a in arms} - set(ARMS)
+    if unknown:
+        raise SoftprepError(f"unknown arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+    for scale in settings.scales:
+        if scale not in settings.seeds or scale not in settings.epochs:
+            raise SoftprepError(f"scale {scale}: give its seeds and epochs")
     dataset = get_dataset(settings.dataset, settings.root)
-    needed = {a.store_name: a for a in ARMS if a.name in settings.arms}
-    needed.setdefault("bilinear", Arm("bilinear", "bilinear", "kl"))
+    for split in (settings.train_split, settings.eval_split):
+        if not dataset.has_split(split):
+            raise SoftprepError(f"{settings.root}: no split {split!r} in this {settings.dataset} root "
+                                f"(it has {', '.join(dataset.splits()) or 'none'}); choose --eval-split from those")
+
+
+def build_stores(settings: Settings, log: Callable[[str], None]) -> dict[str, Path]:
+    """``{label kernel: store path}``: every store the arms read, colour by :data:`COLOUR_KERNEL`."""
+    dataset = get_dataset(settings.dataset, settings.root)
+    kernels = sorted({ARMS[a].kernel for arms in settings.arms.values() for a in arms} | {COLOUR_KERNEL})
     stores = {}
-    for name, arm in sorted(needed.items()):
-        path = Path(settings.out) / "stores" / f"{name}.zarr"
+    for kernel in kernels:
+        # named by content: a run at other scales builds its own store instead of refusing this one
+        path = Path(settings.out) / "stores" / f"{kernel}-{'-'.join(settings.store_targets(kernel))}.zarr"
         start = time.perf_counter()
-        build(dataset, path, settings.scales, kernel=arm.kernel, antialias=arm.antialias, image_kernel=arm.image_kernel,
-              splits=["train", "val"], jobs=None)
-        log(f"store {path}: built in {time.perf_counter() - start:.0f} s")
-        stores[name] = path
+        log(f"store {path}: building (targets {', '.join(settings.store_targets(kernel))}) ...")
+        result = build(dataset, path, settings.store_targets(kernel), kernel=kernel, image_kernel=COLOUR_KERNEL,
+                       splits=sorted({settings.train_split, settings.eval_split}), jobs=None)
+        log(f"store {path}: {result['built']} images built, {result['skipped']} already there "
+            f"({time.perf_counter() - start:.0f} s)")
+        stores[kernel] = path
+    _check_same_colour(stores, settings)
     return stores
 
 
-def train_arm(settings: Settings, store: Path, arm: Arm, scale: float, seed: int) -> dict:
-    """Train and evaluate one arm at one scale with one seed; the eval report as a dict."""
-    from softprep_train.evaluate import evaluate, save_report
-    from softprep_train.train import TrainConfig, fit
-
-    target = parse_target(scale).name
-    run = Path(settings.out) / "runs" / f"{arm.name}-{target}-s{seed}"
-    config = TrainConfig(store=str(store), scale=target, out=str(run), model=settings.model, loss=arm.loss, mc=arm.mc,
-                         batch_size=settings.batch_size, iters=settings.iters[target], lr=settings.lr,
-                         warmup_iters=min(settings.warmup_iters, settings.iters[target] - 1), workers=settings.workers,
-                         log_every=max(1, settings.iters[target] // 4), checkpoint_every=10**9, seed=seed,
-                         overwrite=True)
-    summary = fit(config, progress=False)
-    report = evaluate(run / "last.pt", store, "val", root=settings.root, progress=False)
-    save_report(report, run / "eval-val.json")
-    return {"arm": arm.name, "scale": scale, "seed": seed, "miou": report.miou,
-            "iou": [None if np.isnan(v) else float(v) for v in report.iou], "seconds": summary["seconds"],
-            "final_loss": summary["final_loss"]}
+def _check_same_colour(stores: dict[str, Path], settings: Settings) -> None:
+    """Every store's training-split colour images equal the area store's, byte for byte."""
+    reference = open_store(stores[COLOUR_KERNEL])
+    for kernel, path in stores.items():
+        store = open_store(path)
+        for target in store.targets:
+            ours, theirs = reference.samples(settings.train_split, target), store.samples(settings.train_split, target)
+            for i in range(len(ours)):
+                if not np.array_equal(ours[i].image, theirs[i].image):
+                    raise SoftprepError(f"{path}: colour image {ours.ids[i]} at {target} differs from the {COLOUR_KERNEL} "
+                                        "store's; delete OUT/stores and rerun")
 
 
-def kernel_evidence(settings: Settings, stores: dict[str, Path]) -> dict:
-    """Per kernel and scale: sum |D| (x1e4) of the train split, and (for built stores) the multi-class share."""
-    dataset = get_dataset(settings.dataset, settings.root)
-    kernels = [k for k in KERNELS]
-    table = compare_kernels(dataset, kernels, settings.scales, split="train")
-    antialiased = compare_kernels(dataset, ["bilinear"], settings.scales, split="train", antialias=True)
-    rows = {(r.strategy, r.target): float(r.sum_abs) * 1e4 for r in table.rows + antialiased.rows}
-    evidence = {"sum_abs_d_x1e4": {f"{k}@{target_label(t)}": v for (k, t), v in rows.items()}, "multi_class_share": {}}
-    for name, path in stores.items():
-        if "-colour-" in name:  # the same labels as the store of its label kernel
-            continue
-        for s in split_stats(open_store(path), "train").targets:
-            evidence["multi_class_share"][f"{name}@{target_label(s.target)}"] = s.summary()["multi_class_share"]
-    evidence["table"] = render(table, "markdown") + "\n" + render(antialiased, "markdown")
-    return evidence
+def run_name(scale: str, arm: str, seed: int) -> str:
+    return f"{arm}-{parse_target(scale).name}-s{seed}"
 
 
-def summarise(results: list[dict], classes: list[str]) -> dict:
-    """Mean and std of mIoU and per-class IoU per (arm, scale) over seeds."""
-    out = {}
-    for key in sorted({(r["arm"], r["scale"]) for r in results}):
-        runs = [r for r in results if (r["arm"], r["scale"]) == key]
-        miou = np.array([r["miou"] for r in runs])
-        iou = np.array([[np.nan if v is None else v for v in r["iou"]] for r in runs], dtype=float)
-        out[f"{key[0]}@{key[1]}"] = {
-            "arm": key[0], "scale": key[1], "seeds": len(runs), "miou_mean": float(miou.mean()),
-            "miou_std": float(miou.std(ddof=1)) if len(runs) > 1 else 0.0,
-            "iou_mean": [None if np.isnan(v) else float(v) for v in np.nanmean(iou, axis=0)] if len(iou) else [],
-        }
-    return out
+def train_config(settings: Settings, stores: dict[str, Path], scale: str, arm_name: str, seed: int):
+    """The :class:`TrainConfig` of one run."""
+    from softprep_train.train import TrainConfig
+
+    arm = ARMS[arm_name]
+    epochs = None if settings.iters else settings.epochs[scale]
+    return TrainConfig(store=str(Path(stores[arm.kernel]).resolve()), scale=parse_target(scale).name,
+                       out=str(Path(settings.out, "runs", run_name(scale, arm_name, seed)).resolve()),
+                       model=settings.model, loss=arm.loss, mc=arm.mc, nn_sampling=arm.nn_sampling,
+                       split=settings.train_split, batch_size=settings.batch_size, iters=settings.iters or 0,
+                       epochs=epochs, lr=settings.lr, optimizer=settings.optimizer, weight_decay=settings.weight_decay,
+                       workers=0, cache=True, log_every=50, checkpoint_every=10**9, seed=seed, overwrite=True,
+                       device="cpu")
 
 
-def fig8(summary: dict, priors: dict, classes: list[str], scales, path: Path) -> dict:
-    """Per class: IoU gain (soft - NN) against |D_nn| - |D_soft|; scatter per scale, Pearson r."""
-    correlations = {}
-    points = {}
-    for scale in scales:
-        nn, soft = summary.get(f"nn@{scale}"), summary.get(f"soft@{scale}")
-        if not nn or not soft:
-            continue
-        label = target_label(parse_target(scale).name)
-        gain = np.array([np.nan if a is None or b is None else b - a for a, b in zip(nn["iou_mean"], soft["iou_mean"])])
-        d_nn, d_soft = np.abs(priors[f"nearest@{label}"]), np.abs(priors[f"bilinear@{label}"])
-        reduction = d_nn - d_soft
-        ok = ~np.isnan(gain)
-        r = float(np.corrcoef(reduction[ok], gain[ok])[0, 1]) if ok.sum() > 2 and gain[ok].std() > 0 else float("nan")
-        correlations[label] = r
-        points[label] = (reduction, gain)
+def fit_command(config) -> str:
+    """The ``softprep-train fit`` command line that trains exactly ``config``."""
+    args = ["softprep-train", "fit", "--store", config.store, "--scale", config.scale, "--out", config.out,
+            "--model", config.model, "--loss", config.loss, "--mc" if config.mc else "--no-mc",
+            "--nn-sampling", config.nn_sampling, "--split", config.split, "--batch-size", str(config.batch_size),
+            *(["--epochs", str(config.epochs)] if config.epochs else ["--iters", str(config.iters)]),
+            "--optimizer", config.optimizer, "--lr", str(config.lr), "--weight-decay", str(config.weight_decay),
+            "--workers", "0", "--cache", "--seed", str(config.seed), "--device", "cpu", "--overwrite"]
+    return shlex.join(args)
+
+
+def _eval_pairs(store_path: Path, split: str, target: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The evaluation split in memory: ``(image at target (h, w, 3) uint8, labels (H, W) uint8)``."""
+    store = open_store(store_path)
+    images, labels = store.samples(split, target), store.samples(split, FULL)
+    return [(np.ascontiguousarray(images[i].image), labels[i].nn()) for i in range(len(images))]
+
+
+def train_and_score(settings: Settings, stores: dict[str, Path], scale: str, arm_name: str, seed: int,
+                    threads: int = 1) -> dict:
+    """One run: train with learning-curve evaluations, score the final checkpoint per image, record it."""
+    import torch
+
+    from softprep_train.comparison import miou_from_confusion
+    from softprep_train.evaluate import image_confusions, load_checkpoint
+    from softprep_train.train import fit
+
+    torch.set_num_threads(threads)
+    config = train_config(settings, stores, scale, arm_name, seed)
+    run = Path(config.out)
+    pairs = _eval_pairs(stores[COLOUR_KERNEL], settings.eval_split, config.scale)
+    classes = open_store(stores[COLOUR_KERNEL]).classes
+    total_epochs = config.epochs or 0
+    curve_epochs = {e for e in range(settings.eval_every, total_epochs, settings.eval_every)} | {round(0.8 * total_epochs)}
+    curve: list[tuple[int, float]] = []
+
+    def on_epoch(epoch: int, model) -> None:
+        if epoch in curve_epochs and epoch < total_epochs:
+            curve.append((epoch, float(miou_from_confusion(image_confusions(model, pairs, len(classes)).sum(0)))))
+
+    summary = fit(config, progress=False, on_epoch=on_epoch)
+    model, _ = load_checkpoint(run / "last.pt", torch.device("cpu"))
+    per_image = image_confusions(model, pairs, len(classes))
+    miou = float(miou_from_confusion(per_image.sum(0)))
+    curve.append((total_epochs, miou))
+    evaluate = shlex.join(["softprep-train", "eval", "--checkpoint", str(run / "last.pt"), "--store",
+                           str(Path(stores[COLOUR_KERNEL]).resolve()), "--split", settings.eval_split])
+    (run / "command.txt").write_text(fit_command(config) + "\n" + evaluate + "\n")
+    result = {"arm": arm_name, "scale": config.scale, "seed": seed, "miou": miou,
+              "iou": _plain_iou(per_image.sum(0)), "curve": curve, "seconds": summary["seconds"],
+              "final_loss": summary["final_loss"], "iterations": summary["iterations"],
+              "eval_split": settings.eval_split, "config": _config_key(config),
+              "per_image_confusion": per_image.tolist()}
+    partial = run / "result.json.partial"
+    partial.write_text(json.dumps(result))
+    os.replace(partial, run / "result.json")
+    return result
+
+
+def _plain_iou(confusion: np.ndarray) -> list[float | None]:
+    from softprep_train.evaluate import iou_from_confusion
+
+    return [None if np.isnan(v) else float(v) for v in iou_from_confusion(confusion)]
+
+
+def _config_key(config) -> dict:
+    """What decides a run's result: its training config without paths that may move."""
+    key = asdict(config)
+    for name in ("store", "out", "overwrite", "workers", "cache", "log_every", "checkpoint_every", "device"):
+        key.pop(name, None)
+    return key
+
+
+def recorded(settings: Settings, stores: dict[str, Path], scale: str, arm: str, seed: int) -> dict | None:
+    """The recorded result of a run, if one exists with the same settings and evaluation split."""
+    path = Path(settings.out) / "runs" / run_name(scale, arm, seed) / "result.json"
+    if not path.is_file():
+        return None
     try:
-        import matplotlib
+        result = json.loads(path.read_text())
+    except ValueError:
+        return None
+    from softprep_train.train import TrainConfig
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return correlations
-    fig, axes = plt.subplots(1, max(1, len(points)), figsize=(6 * max(1, len(points)), 4.5), squeeze=False)
-    for ax, (label, (reduction, gain)) in zip(axes[0], points.items()):
-        ax.scatter(reduction * 1e4, gain * 100)
-        for c, name in enumerate(classes):
-            if not np.isnan(gain[c]):
-                ax.annotate(name, (reduction[c] * 1e4, gain[c] * 100), fontsize=7)
-        ax.axhline(0, color="grey", linewidth=0.5)
-        ax.axvline(0, color="grey", linewidth=0.5)
-        ax.set_xlabel("|D_nn| - |D_soft| (x1e4)")
-        ax.set_ylabel("IoU gain soft - NN (points)")
-        ax.set_title(f"{label}: Pearson r = {correlations[label]:.2f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return correlations
+    config = _config_key(train_config(settings, stores, scale, arm, seed))
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    saved = {k: result.get("config", {}).get(k, defaults.get(k)) for k in config}  # settings added since: their defaults
+    return result if saved == config and result.get("eval_split") == settings.eval_split else None
 
 
-def _table(summary: dict, arms: list[str], scales, classes: list[str]) -> str:
-    header = ["arm", "scale", *classes, "mIoU (mean ± std)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for scale in scales:
-        for arm in arms:
-            entry = summary.get(f"{arm}@{scale}")
-            if entry is None:
-                continue
-            cells = ["-" if v is None else f"{100 * v:.1f}" for v in entry["iou_mean"]]
-            lines.append(f"| {arm} | {target_label(parse_target(scale).name)} | " + " | ".join(cells)
-                         + f" | {100 * entry['miou_mean']:.1f} ± {100 * entry['miou_std']:.1f} |")
-    return "\n".join(lines)
+def run_experiment(settings: Settings, log: Callable[[str], None] = print) -> dict:
+    """Build the stores, train every run not yet recorded (``settings.jobs`` at a time), write the report."""
+    from joblib import Parallel, delayed
 
+    from softprep_train.experiment_report import write_report
 
-def verdict(summary: dict, a: str, b: str, scale) -> str:
-    """``b`` against ``a``: the difference of means, called real only beyond both arms' seed spread."""
-    x, y = summary.get(f"{a}@{scale}"), summary.get(f"{b}@{scale}")
-    if not x or not y:
-        return "n/a"
-    diff = y["miou_mean"] - x["miou_mean"]
-    if min(x["seeds"], y["seeds"]) < 2:
-        return f"{100 * diff:+.1f} mIoU (one seed: no spread to judge it by)"
-    spread = max(x["miou_std"], y["miou_std"])
-    return f"{100 * diff:+.1f} mIoU ({'beyond' if abs(diff) > spread else 'within'} the seed spread of {100 * spread:.1f})"
-
-
-def run_experiment(settings: Settings, log=print) -> dict:
-    """Run everything; returns the report dict also written to ``OUT/report.json``."""
+    check_settings(settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    arms = [a for a in ARMS if a.name in settings.arms]
-    unknown = set(settings.arms) - {a.name for a in ARMS}
-    if unknown or not arms:
-        raise SoftprepError(f"unknown arm(s) {', '.join(sorted(unknown)) or '(none given)'}; choose from {', '.join(a.name for a in ARMS)}")
     stores = build_stores(settings, log)
-    classes = open_store(stores["bilinear"]).classes
-    evidence = kernel_evidence(settings, stores)
-    table5 = store_priors(open_store(stores["bilinear"]), "train")
-    priors = {f"{r.strategy}@{target_label(r.target)}": [float(d) for d in r.discrepancy] for r in table5.rows}
-    results = []
-    for scale in settings.scales:
-        for seed in settings.seeds:
-            for arm in arms:
-                result = train_arm(settings, stores[arm.store_name], arm, scale, seed)
-                results.append(result)
-                log(f"{arm.name:<11} {target_label(parse_target(scale).name):>4} seed {seed}: mIoU {100 * result['miou']:.1f} "
-                    f"({result['seconds']:.0f} s)")
-    summary = summarise(results, classes)
-    correlations = fig8(summary, priors, classes, settings.scales, out / "fig8.png")
-    from softprep.plot import plot_priors
-
-    plot_priors(table5, out / "table5.png")
-    report = {"settings": {**asdict(settings), "scales": list(settings.scales), "seeds": list(settings.seeds)},
-              "classes": classes, "results": results, "summary": summary, "kernel_evidence": evidence,
-              "table5": {k: v for k, v in priors.items()}, "fig8_pearson_r": correlations,
-              "verdicts": {f"{b} vs {a} @{s}": verdict(summary, a, b, s) for s in settings.scales
-                           for a, b in (("nn", "soft"), ("soft", "soft-no-mc"), ("soft", "soft-area"),
-                                        ("soft", "soft-bilinear-aa"), ("soft", "t4-bicubic-soft-bicubic"),
-                                        ("nn", "t4-bicubic-nn"), ("soft", "t4-bicubic-soft-bilinear"))
-                           if f"{a}@{s}" in summary and f"{b}@{s}" in summary},
-              "seconds": time.perf_counter() - started}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report, table5))
+    runs = settings.runs()
+    results = {run: r for run in runs if (r := recorded(settings, stores, *run)) is not None}
+    todo = [run for run in runs if run not in results]
+    log(f"runs: {len(runs)} planned, {len(results)} already recorded, {len(todo)} to train ({settings.jobs} at a time)")
+    if todo:
+        jobs = max(1, min(settings.jobs, len(todo)))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        tasks = (delayed(train_and_score)(settings, stores, *run, threads) for run in todo)
+        done_seconds = []
+        for result in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
+            results[(_scale_key(settings, result["scale"]), result["arm"], result["seed"])] = result
+            done_seconds.append(time.perf_counter() - started)
+            left = len(todo) - len(done_seconds)
+            eta = done_seconds[-1] / len(done_seconds) * left
+            log(f"{result['arm']:<13} {result['scale']:>5} seed {result['seed']}: mIoU {100 * result['miou']:.1f} "
+                f"({result['seconds'] / 60:.1f} min); {len(done_seconds)}/{len(todo)} done, about {eta / 60:.0f} min left")
+    log("report: statistics and pictures ...")
+    report = write_report(settings, stores, [results[run] for run in runs], time.perf_counter() - started,
+                          command=_invocation())
+    log(f"report: {out / 'report.md'}")
     return report
 
 
-def markdown(report: dict, table5) -> str:
-    s = report["settings"]
-    arms = [a for a in s["arms"]]
-    evidence = report["kernel_evidence"]
-    lines = [
-        f"# CamVid: soft labels against nearest neighbour ({s['model']}, from scratch)",
-        "",
-        f"{len(s['seeds'])} seed(s) per arm, {', '.join(f'{k}: {v} iterations' for k, v in s['iters'].items())}, "
-        f"batch {s['batch_size']}, lr {s['lr']}, crop = the stored size, the paper's augmentation; evaluated on val "
-        f"at full resolution (480x360). Total {report['seconds'] / 60:.1f} min.",
-        "",
-        "## Table I and III: per-class IoU and mIoU (mean over seeds)",
-        "",
-        _table(report["summary"], arms, s["scales"], report["classes"]),
-        "",
-        *_table4(report["summary"], s["scales"]),
-        "## Verdicts (a difference is real only beyond the seeds' spread)",
-        "",
-        *[f"- {k}: {v}" for k, v in report["verdicts"].items()],
-        "",
-        "## Kernels: prior discrepancy (train, sum |D| x1e4) and multi-class share",
-        "",
-        "| kernel | " + " | ".join(target_label(parse_target(t).name) for t in s["scales"]) + " |",
-        "|---|" + "---|" * len(s["scales"]),
-    ]
-    for kernel in [*KERNELS, "bilinear+aa"]:
-        cells = [f"{evidence['sum_abs_d_x1e4'].get(f'{kernel}@{target_label(parse_target(t).name)}', float('nan')):.2f}"
-                 for t in s["scales"]]
-        lines.append(f"| {kernel} | " + " | ".join(cells) + " |")
-    lines += ["", "Multi-class pixel share of the built stores: "
-              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in evidence["multi_class_share"].items()), "",
-              "## Fig. 8: IoU gain against prior-discrepancy reduction", "", "![fig8](fig8.png)", "",
-              "Pearson r: " + ", ".join(f"{k} {v:.2f}" for k, v in report["fig8_pearson_r"].items()), "",
-              "## Table V (train split, bilinear store)", "", render(table5, "markdown"), "![table5](table5.png)", ""]
-    return "\n".join(lines)
+def _scale_key(settings: Settings, name: str) -> str:
+    return next(s for s in settings.scales if parse_target(s).name == name)
 
 
-def _table4(summary: dict, scales) -> list[str]:
-    """Table IV: mIoU (mean ± std) per colour kernel (rows) and label kind (columns), where run."""
-    labels = ["NN", "soft-bilinear", "soft-bicubic"]
-    lines = []
-    for scale in scales:
-        cells = {key: summary.get(f"{arm}@{scale}") for key, arm in TABLE4.items()}
-        if sum(v is not None for v in cells.values()) < 3:
-            continue
-        lines += [f"## Table IV at {target_label(parse_target(scale).name)}: colour kernel x labels (mIoU, mean ± std)", "",
-                  "| colour | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-        for colour in ("bilinear", "bicubic"):
-            row = [f"{100 * c['miou_mean']:.1f} ± {100 * c['miou_std']:.1f}" if (c := cells[(colour, label)]) else "-"
-                   for label in labels]
-            lines.append(f"| {colour} | " + " | ".join(row) + " |")
-        lines.append("")
-    return lines
+def _invocation() -> str:
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
+    return shlex.join(argv)
+
+
+__all__ = ["ARMS", "Arm", "Settings", "run_experiment", "train_and_score"]

@@ -7,6 +7,10 @@ A timm backbone (``features_only``, never downloaded) plus a small in-tree head:
   last feature map, and a decoder that joins it at 1/4 with a 48-channel projection of the
   stride-4 features, two 3x3 conv-BN-ReLU, 1x1 classifier.
 
+And a compact U-Net (``unet_small``, under 1 M parameters): logits at full input resolution from
+a 4-level encoder-decoder, the model that can see 3-pixel poles at 1/8 of CamVid on a CPU (the
+timm backbones above predict at stride 4: one logit per 32x32 full-resolution pixels at 1/8).
+
 And SegFormer (Xie et al. 2021, the paper's ADE20K model): Hugging Face ``transformers``'
 ``SegformerForSemanticSegmentation`` (MiT encoder + all-MLP decoder), its field's standard
 implementation; the ``segformer`` extra.
@@ -102,6 +106,39 @@ class Segmenter(nn.Module):
         return logits[..., :h, :w]
 
 
+class UNet(nn.Module):
+    """A compact U-Net: ``len(widths)`` levels of two 3x3 conv-BN-ReLU, max-pooling down, bilinear
+    upsampling and skip concatenation up, a 1x1 classifier at full input resolution.
+
+    Inputs of any size: zero-padded (bottom, right) to a multiple of ``2 ** (levels - 1)``, logits
+    cropped back. ``(B, 3, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...]):
+        super().__init__()
+        self.stride = 2 ** (len(widths) - 1)
+        channels = (3, *widths)
+        self.down = nn.ModuleList(_double_conv(cin, cout) for cin, cout in zip(channels[:-1], channels[1:]))
+        self.up = nn.ModuleList(_double_conv(deep + skip, skip) for deep, skip in zip(widths[:0:-1], widths[-2::-1]))
+        self.classifier = nn.Conv2d(widths[0], num_classes, 1)
+        self.backbone = self.down  # the encoder: what a caller asks about pretrained tensors
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % self.stride, 0, -h % self.stride))
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(F.max_pool2d(x, 2) if level else x)
+            skips.append(x)
+        for block, skip in zip(self.up, skips[-2::-1]):
+            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+        return self.classifier(x)[..., :h, :w]
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(conv_bn_relu(cin, cout, 3), conv_bn_relu(cout, cout, 3))
+
+
 class SegFormer(nn.Module):
     """Hugging Face's SegFormer; inputs padded to a multiple of 32, logits upsampled (bilinear) and cropped."""
 
@@ -125,8 +162,9 @@ class ModelSpec:
     """A registry entry: the backbone (timm name, or MiT size) and how to build the head on it."""
 
     backbone: str
-    family: str  # "hrnetv2" | "deeplabv3plus" | "segformer"
+    family: str  # "hrnetv2" | "deeplabv3plus" | "segformer" | "unet"
     output_stride: int = 8
+    widths: tuple[int, ...] = ()  # unet: channels per level
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -137,6 +175,7 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv3plus_r50": ModelSpec("resnet50", "deeplabv3plus", 8),
     "deeplabv3plus_r18": ModelSpec("resnet18", "deeplabv3plus", 16),
     "segformer_b2": ModelSpec("mit_b2", "segformer", 32),
+    "unet_small": ModelSpec("", "unet", 1, widths=(16, 32, 64, 128)),
 }
 
 #: MiT encoder sizes (SegFormer paper, Table 6) and the all-MLP decoder width that goes with them.
@@ -211,6 +250,10 @@ def build_model(name: str, num_classes: int, pretrained: str | Path | None = Non
     spec = MODELS[name]
     if spec.family == "segformer":
         return _segformer(spec, num_classes, pretrained)
+    if spec.family == "unet":
+        if pretrained is not None:
+            raise SoftprepError(f"{name} has no pretrained weights (it is trained from scratch); drop --pretrained")
+        return UNet(num_classes, spec.widths)
     backbone = _backbone(spec)
     if pretrained is not None:
         loaded, total = load_backbone_weights(backbone, pretrained, spec.backbone)

@@ -15,8 +15,9 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ class TrainConfig:
     out: str
     model: str = "hrnetv2_w48"
     loss: str = "kl"  # "kl" | "ce-nn"
+    nn_sampling: str = "floor"  # ce-nn labels: "floor" (torch nearest, the stored NN map) | "centre" (nearest-exact from full resolution)
     mc: bool = True  # KL over multi-class pixels too (Table III)
     class_weights: list[float] | None = None
     split: str = "train"
@@ -55,6 +57,7 @@ class TrainConfig:
     iters: int = 80000
     epochs: int | None = None  # overrides iters when set
     lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (momentum) | "adamw"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
@@ -62,6 +65,7 @@ class TrainConfig:
     amp: str = "auto"  # "auto" (bf16 on GPU, off on CPU) | "off" | "bf16" | "fp16"
     clip_grad: float | None = None
     workers: int = 2
+    cache: bool = False  # keep every decoded stored sample in memory (small datasets: the read stops dominating)
     densify: str = "auto"  # "auto" (device on GPU, worker on CPU) | "worker" | "device"
     log_every: int = 10
     checkpoint_every: int = 1000
@@ -98,7 +102,13 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 #: Settings a resumed run may change: they do not alter what is computed.
-FREE_ON_RESUME = {"resume", "overwrite", "stop_at", "workers", "log_every", "checkpoint_every", "device", "densify", "out"}
+FREE_ON_RESUME = {"resume", "overwrite", "stop_at", "workers", "log_every", "checkpoint_every", "device", "densify", "out",
+                  "cache"}
+#: Optimisers by name: parameters and config -> a torch optimiser.
+OPTIMIZERS = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+}
 #: Files a run writes into its --out.
 RUN_FILES = ("last.pt", "log.jsonl", "summary.json")
 #: Models too slow to train on a CPU without a word.
@@ -107,8 +117,9 @@ SLOW_ON_CPU = ("hrnetv2_w48", "deeplabv3plus_r101", "deeplabv3plus_r101_os16", "
 
 def _check_same_run(config: TrainConfig, saved: dict, path: Path) -> None:
     """Refuse to resume with settings that would change the run (schedule, data, model, loss)."""
-    mine = asdict(config)
-    differing = [k for k in mine if k not in FREE_ON_RESUME and _plain(mine[k]) != _plain(saved.get(k))]
+    mine, defaults = asdict(config), {f.name: f.default for f in fields(TrainConfig)}
+    saved = {k: saved.get(k, defaults.get(k)) for k in mine}  # checkpoints from before a setting existed
+    differing = [k for k in mine if k not in FREE_ON_RESUME and _plain(mine[k]) != _plain(saved[k])]
     if differing:
         detail = ", ".join(f"{k}: checkpoint has {saved.get(k)!r}, asked {mine[k]!r}" for k in differing)
         raise SoftprepError(f"{path}: cannot resume with other settings ({detail}); use the same options or a new --out")
@@ -157,8 +168,11 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def fit(config: TrainConfig, progress: bool = True) -> dict:
+def fit(config: TrainConfig, progress: bool = True, on_epoch: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
     """Train; returns the summary that is also written to ``out/summary.json``.
+
+    ``on_epoch(epoch, model)`` is called (rank 0) after each completed epoch (1-based), the model
+    in eval mode (learning curves); training resumes afterwards.
 
     Raises:
         SoftprepError: bad settings, an --out holding another run, a NaN loss, or SIGINT/SIGTERM
@@ -192,7 +206,10 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
     view = store.samples(config.split, config.scale)
     crop = tuple(config.crop) if config.crop else tuple(int(v) for v in view.sizes.min(axis=0))
     densify = config.densify if config.densify != "auto" else ("device" if device.type == "cuda" else "worker")
-    dataset = StoreDataset(config.store, config.split, config.scale, Augment(crop), densify)
+    if config.optimizer not in OPTIMIZERS:
+        raise SoftprepError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    dataset = StoreDataset(config.store, config.split, config.scale, Augment(crop), densify, cache=config.cache,
+                           nn_sampling=config.nn_sampling)
     batches_per_epoch = TrainSampler(dataset, config.batch_size, config.seed, 0, rank, world_size).batches_per_epoch()
     total = config.epochs * batches_per_epoch if config.epochs else config.iters
     class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
@@ -200,7 +217,7 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
     # --- model, optimiser, mixed precision ---
     torch.manual_seed(config.seed)
     model = build_model(config.model, num_classes, config.pretrained).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
     amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -296,6 +313,10 @@ def fit(config: TrainConfig, progress: bool = True) -> dict:
                 window_images, window_start, wait = 0, now, 0.0
             if iteration % config.checkpoint_every == 0 and iteration < stop:
                 checkpoint(last)
+            if on_epoch is not None and rank == 0 and iteration % batches_per_epoch == 0:
+                trained.eval()
+                on_epoch(iteration // batches_per_epoch, model)
+                trained.train()
     bar.close()
     if signals.received:
         checkpoint(last)
