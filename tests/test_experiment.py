@@ -1,5 +1,6 @@
 """`softprep-train experiment --quick` on the real CamVid (skipped when absent): the report's
-structure and finite numbers, not the outcome."""
+structure, each run's recorded checkpoint, command and result, and resumption; not the outcome
+(the statistics themselves are checked on synthetic inputs in test_comparison.py)."""
 
 from __future__ import annotations
 
@@ -12,26 +13,72 @@ from pathlib import Path
 import pytest
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+ARMS = {"nn", "nn-centred", "soft", "soft-no-mc", "soft-bilinear"}
 
 
-def test_quick_experiment_writes_a_complete_report(tmp_path):
+def _quick(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "softprep_train.cli", "experiment", "--root", str(CAMVID),
+                           "--out", str(out), "--quick"], capture_output=True, text=True)
+
+
+def test_quick_experiment_writes_a_complete_report_and_resumes(tmp_path):
     if not CAMVID.is_dir():
         pytest.skip(f"CamVid not found at {CAMVID} (it lives in ../shared/datasets beside the repo)")
     out = tmp_path / "exp"
-    result = subprocess.run([sys.executable, "-m", "softprep_train.cli", "experiment", "--root", str(CAMVID),
-                             "--out", str(out), "--quick"], capture_output=True, text=True)
+    result = _quick(out)
     assert result.returncode == 0, result.stderr
+    assert "runs: 10 planned, 0 already recorded, 10 to train" in result.stderr
+    assert "report: statistics and pictures" in result.stderr
     report = json.loads((out / "report.json").read_text())
     assert len(report["classes"]) == 11 and report["classes"][0] == "sky"
-    assert {r["arm"] for r in report["results"]} == {"nn", "soft", "soft-no-mc", "soft-area"}
-    for run in report["results"]:
+    assert report["thin_classes"] == ["pole", "sign symbol", "fence", "pedestrian", "bicyclist"]
+    assert {(r["arm"], r["seed"]) for r in report["runs"]} == {(a, s) for a in ARMS for s in (0, 1)}
+    for run in report["runs"]:
+        folder = out / "runs" / f"{run['arm']}-0.125-s{run['seed']}"
         assert 0 <= run["miou"] <= 1 and math.isfinite(run["final_loss"])
-        assert (out / "runs" / f"{run['arm']}-0.125-s{run['seed']}" / "eval-val.json").is_file()
-    assert set(report["summary"]) == {"nn@0.125", "soft@0.125", "soft-no-mc@0.125", "soft-area@0.125"}
-    assert report["kernel_evidence"]["sum_abs_d_x1e4"]["area@1/8"] == 0
-    assert report["kernel_evidence"]["sum_abs_d_x1e4"]["nearest@1/8"] > 0
-    assert len(report["table5"]["nearest@1/8"]) == 11
+        recorded = json.loads((folder / "result.json").read_text())
+        assert len(recorded["per_image_confusion"]) == 101  # every val image's own confusion matrix
+        assert (folder / "last.pt").is_file()
+        command = (folder / "command.txt").read_text()
+        assert command.startswith("softprep-train fit --store ") and f"--seed {run['seed']}" in command
+        assert ("--nn-sampling centre" in command) == (run["arm"] == "nn-centred")
+    names = [c["name"] for c in report["primary"]]
+    assert names == ["soft - nn @ 1/8", "soft - nn-centred @ 1/8", "nn-centred - nn @ 1/8", "soft-no-mc - soft @ 1/8",
+                     "soft-bilinear - soft @ 1/8"]
+    for comparison in report["primary"] + report["secondary"]:
+        assert comparison["seeds"] == 2
+        assert comparison["t"]["low"] <= comparison["t"]["mean"] <= comparison["t"]["high"]
+        assert comparison["t_corrected"]["level"] >= 0.95 and 0 <= comparison["holm"]["adjusted_p"] <= 1
+        assert comparison["verdict"]
+    assert len(report["secondary"]) == 2 * 5  # soft against both hard arms, per thin class
     markdown = (out / "report.md").read_text()
-    for heading in ("## Table I and III", "## Verdicts", "## Kernels", "## Fig. 8", "## Table V"):
+    for heading in ("## Primary endpoint", "## Convergence of the NN baseline", "## Per-class IoU",
+                    "## Secondary endpoints", "## Predictions", "## Prior discrepancy"):
         assert heading in markdown
-    assert (out / "fig8.png").stat().st_size > 1000 and (out / "table5.png").stat().st_size > 1000
+    assert (out / "predictions.png").stat().st_size > 10_000 and (out / "learning-curves.png").stat().st_size > 5_000
+
+    again = _quick(out)  # resumes: every run is recorded, nothing trains again
+    assert again.returncode == 0, again.stderr
+    assert "runs: 10 planned, 10 already recorded, 0 to train" in again.stderr
+    assert json.loads((out / "report.json").read_text())["primary"] == report["primary"]
+
+
+def test_any_dataset_and_any_labelled_split(demo_root, tmp_path):
+    """The same protocol on another adapter's root (the demo Cityscapes folder), scored on train."""
+    out = tmp_path / "exp"
+    result = subprocess.run([sys.executable, "-m", "softprep_train.cli", "experiment", "--dataset", "cityscapes",
+                             "--root", str(demo_root), "--out", str(out), "--quick", "--eval-split", "train",
+                             "--arms", "nn,soft", "--seeds", "0,1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["eval_split"] == "train" and len(report["runs"]) == 4
+    assert all(len(json.loads((out / "runs" / f"{r['arm']}-0.125-s{r['seed']}" / "result.json").read_text())
+                   ["per_image_confusion"]) == 6 for r in report["runs"])  # the 6 demo train images
+    assert [c["name"] for c in report["primary"]] == ["soft - nn @ 1/8"]
+    assert len(report["thin_classes"]) == 5  # no named thin classes: the 5 rarest in train
+
+    missing = subprocess.run([sys.executable, "-m", "softprep_train.cli", "experiment", "--dataset", "cityscapes",
+                              "--root", str(demo_root), "--out", str(out), "--quick", "--eval-split", "test"],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert "no split 'test'" in missing.stderr and "choose --eval-split from those" in missing.stderr

@@ -145,3 +145,59 @@ def test_bicubic_geometry_keeps_soft_labels_distributions(demo_root, tmp_path):
     for key in ((0, 1), (1, 2), (0, 3)):
         soft = dataset[key]["soft"]
         assert soft.min() >= 0 and soft.sum(0).max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1, 2, 3, 4, 5])
+def test_centred_nn_labels_are_torch_nearest_exact_from_full_resolution(store, seed):
+    """nn_sampling="centre": one nearest-exact step from the original labels to the augmented
+    size, then the same crop (ignore padding) and flip as the colour image."""
+    augment = Augment((20, 40)) if seed is not None else None
+    dataset = StoreDataset(store, "train", 0.25, augment, nn_sampling="centre")
+    full = torch.from_numpy(open_store(store).samples("train", 1.0)[3].nn())
+    got = finish_sample(dataset.raw(3, seed))["nn"]
+    if seed is None:
+        expected = F.interpolate(full[None, None].float(), size=got.shape, mode="nearest-exact")[0, 0].long()
+        ties = np.zeros(got.shape, bool)
+    else:  # the draw, repeated as the dataset makes it
+        base_h, base_w = dataset.sizes["0.25"][3]
+        rng = np.random.default_rng(seed)
+        ratio = rng.uniform(0.5, 2.0)
+        out_h, out_w = max(1, round(base_h * ratio)), max(1, round(base_w * ratio))
+        top, left = int(rng.integers(0, max(out_h - 20, 0) + 1)), int(rng.integers(0, max(out_w - 40, 0) + 1))
+        flip = bool(rng.random() < 0.5)
+        resized = F.interpolate(full[None, None].float(), size=(out_h, out_w), mode="nearest-exact")[0, 0].long()
+        padded = F.pad(resized, (0, max(0, left + 40 - out_w), 0, max(0, top + 20 - out_h)), value=IGNORE)
+        expected = padded[top:top + 20, left:left + 40]
+        expected = expected.flip(1) if flip else expected
+        # Exact ties (a centre on a source pixel boundary: (2 i + 1) H / (2 h) an integer) take the
+        # exact floor; torch's float32 scale can land just below it and pick the pixel before.
+        row_tie = ((2 * np.arange(top, top + 20) + 1) * full.shape[0]) % (2 * out_h) == 0
+        col_tie = ((2 * np.arange(left, left + 40) + 1) * full.shape[1]) % (2 * out_w) == 0
+        ties = row_tie[:, None] | (col_tie[::-1] if flip else col_tie)[None, :]
+    differ = (got != expected).numpy()
+    assert not (differ & ~ties).any()
+    assert differ.sum() <= ties.sum()
+
+
+def test_centred_nn_labels_need_the_full_resolution_target(demo_root, tmp_path):
+    out = tmp_path / "no-full.zarr"
+    build(get_dataset("cityscapes", demo_root), out, [0.25], shard_size=4, jobs=1)
+    with pytest.raises(Exception, match="store has no target 1.0; rebuild it with --scales ... 1.0"):
+        StoreDataset(str(out), "train", 0.25, nn_sampling="centre")
+
+
+def test_the_memory_cache_gives_the_same_samples_and_reads_each_once(store, monkeypatch):
+    plain = StoreDataset(store, "train", 0.25, Augment((16, 32)))
+    cached = StoreDataset(store, "train", 0.25, Augment((16, 32)), cache=True)
+    for key in [(0, 7), (1, 8), (0, 9), (2, 10), (0, 7)]:
+        a, b = plain[key], cached[key]
+        for name in ("image", "soft", "nn"):
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    reads = []
+    from softprep.store import StoredSample
+
+    original = StoredSample.soft_label
+    monkeypatch.setattr(StoredSample, "soft_label", lambda self: reads.append(self.index) or original(self))
+    for key in [(0, 7), (1, 8), (0, 9), (2, 10)]:  # every (source target, image) already read once
+        cached[key]
+    assert reads == []
