@@ -38,6 +38,7 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -214,6 +215,13 @@ class StoreSpec:
         return out
 
 
+def writing():
+    """Zarr settings of every store write: chunks equal to the fill value are written too (zarr skips
+    them by default), so every chunk of a complete store exists: an all-black image, an all-ignored
+    label or an all-zero record is data, and a missing file always means damage."""
+    return zarr.config.set({"array.write_empty_chunks": True})
+
+
 def _codecs(level: int = ZSTD_LEVEL) -> dict:
     return {"compressors": [ZstdCodec(level=level), Crc32cCodec()]}
 
@@ -226,6 +234,11 @@ def _record_array(group, name: str, shape: tuple, dtype: str, fill=0):
 def create_store(path: str | Path, spec: StoreSpec) -> None:
     """Create an empty store for ``spec``: every array, the planned sizes and denominators, ``complete = False``.
     The root's ``softprep`` attributes are written last: until then the folder is not a softprep store."""
+    with writing():
+        _create_store(path, spec)
+
+
+def _create_store(path: str | Path, spec: StoreSpec) -> None:
     root = zarr.open_group(str(path), mode="w-")
     c = spec.num_classes
     for split, split_spec in spec.splits.items():
@@ -245,7 +258,8 @@ def create_store(path: str | Path, spec: StoreSpec) -> None:
             for bucket, members in split_spec.members.items():
                 _create_bucket(tg.create_group(bucket), len(members), spec.shard_images(split, bucket),
                                spec.bucket_layout(split, bucket, target))
-    root.attrs["softprep"] = spec.root_attrs(complete=False)
+    # A fresh identity per creation: readers holding this store open notice a rebuild by it.
+    root.attrs["softprep"] = {**spec.root_attrs(complete=False), "build_id": uuid.uuid4().hex}
 
 
 def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
@@ -306,7 +320,11 @@ class SampleRecords:
 
 def write_shard(path: str | Path, spec: StoreSpec, task: Task, results: list[SampleResult]) -> None:
     """Write the pixels of one shard (images ``task.indices``, every target) into the bucket arrays."""
-    root = zarr.open_group(str(path), mode="r+")
+    with writing():
+        _write_shard(zarr.open_group(str(path), mode="r+"), spec, task, results)
+
+
+def _write_shard(root, spec: StoreSpec, task: Task, results: list[SampleResult]) -> None:
     start, stop = task.start, task.start + len(results)
     for target in spec.targets:
         bucket = root[task.split][target][task.bucket]
@@ -353,7 +371,11 @@ def _write_lists(bucket, start: int, packed: list[PackedSoftLabel]) -> None:
 
 def write_records(path: str | Path, split: str, records: list[SampleRecords]) -> None:
     """Record the per-image statistics of finished images, then mark them done (parent process only)."""
-    root = zarr.open_group(str(path), mode="r+")
+    with writing():
+        _write_records(zarr.open_group(str(path), mode="r+"), split, records)
+
+
+def _write_records(root, split: str, records: list[SampleRecords]) -> None:
     group = root[split]
     index = np.array([r.index for r in records])
     order = np.argsort(index)
@@ -392,7 +414,8 @@ def _groups(root) -> list:
 def mark_complete(path: str | Path, spec: StoreSpec) -> None:
     """Set ``complete`` with the digest of the store's attributes (written last)."""
     root = zarr.open_group(str(path), mode="r+")
-    root.attrs["softprep"] = {**spec.root_attrs(complete=True), "attrs_sha256": attrs_digest(root)}
+    build_id = root.attrs["softprep"].get("build_id")
+    root.attrs["softprep"] = {**spec.root_attrs(complete=True), "build_id": build_id, "attrs_sha256": attrs_digest(root)}
 
 
 @contextlib.contextmanager
@@ -547,11 +570,27 @@ class Store:
             self.attrs = dict(self.root.attrs["softprep"])
         except (FileNotFoundError, KeyError, ValueError) as error:
             raise SoftprepError(f"{self.path}: not a softprep store ({type(error).__name__}); build one with `softprep build`") from None
+        self.build_id = self.attrs.get("build_id")
         version = self.attrs.get("format_version")
         if version != FORMAT_VERSION:
             raise SoftprepError(f"{self.path}: store format {version} cannot be read by this softprep (it reads format "
                                 f"{FORMAT_VERSION}); rebuild it: softprep build --dataset {self.attrs.get('dataset', 'NAME')} "
                                 f"--root DATA --out {self.path} --scales ... --overwrite")
+
+    def check_unchanged(self, where: str) -> None:
+        """Refuse to go on reading once the store at this path has been rebuilt (or deleted) since it
+        was opened: what this reader holds (sizes, slot counts, completeness) belongs to the old one.
+
+        Raises:
+            SoftprepError: one line naming ``where`` and what to do (reopen the store).
+        """
+        try:
+            current = json.loads((self.path / "zarr.json").read_bytes())["attributes"]["softprep"].get("build_id")
+        except (OSError, ValueError, KeyError, TypeError):
+            current = "(none)"
+        if current != self.build_id:
+            raise SoftprepError(f"{where}: the store was rebuilt or removed since this reader opened it; open it again "
+                                "(restart the training or reader) to read the new store")
 
     @cached_property
     def spec(self) -> StoreSpec:
@@ -693,9 +732,9 @@ class StoredSample:
             if not shard_file(array, self.position, self.view.store.path).is_file():
                 raise SoftprepError(f"{self.where}: the {name} shard file is missing; rebuild the store "
                                     "(softprep build ... --overwrite) or restore the file")
-            if planes is None:
-                return array[self.position, :h, :w]
-            return array[self.position, :planes, :entries]
+            values = array[self.position, :h, :w] if planes is None else array[self.position, :planes, :entries]
+            self.view.store.check_unchanged(self.where)  # after the read: a rebuild during it is caught too
+            return values
         except SoftprepError:
             raise
         except Exception as error:  # noqa: BLE001 - zstd/crc32c failures, missing metadata: name the image
