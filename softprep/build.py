@@ -19,7 +19,7 @@ import numpy as np
 from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
-from softprep.location import location
+from softprep.location import is_remote, location
 from softprep.parallel import default_jobs, run_tasks
 from softprep.plan import ResamplingPlan, Target, parse_targets
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
@@ -61,8 +61,12 @@ def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans
 
 def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable[Target | str | float], kernel: str,
                antialias: bool, shard_size: int = DEFAULT_SHARD_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
-               image_kernel: str | None = None) -> StoreSpec:
+               image_kernel: str | None = None, allow_upsampling: bool = False) -> StoreSpec:
     """List every pair and its size (from file headers) into a :class:`StoreSpec`.
+
+    A scale factor above 1 enlarges every image: refused unless ``allow_upsampling`` (a typo such
+    as ``--scales 8`` for ``0.8`` would write a store 64 times the dataset's pixels). Pixel targets
+    (``short``, ``fit``) may upsample: the paper's ADE20K set-up needs it.
 
     Raises:
         SoftprepError: no pairs, an unreadable folder, two images with one id, or an image (or its
@@ -76,6 +80,11 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
         raise SoftprepError("no target resolution: pass --scales (e.g. 0.125 0.25 0.5), --short-side or --fit")
     if shard_size < 1:
         raise SoftprepError(f"shard size must be >= 1, got {shard_size}")
+    enlarging = [t.name for t in targets if t.factor is not None and t.factor > 1]
+    if enlarging and not allow_upsampling:
+        raise SoftprepError(f"--scales {' '.join(enlarging)}: a factor above 1 enlarges every image "
+                            f"({enlarging[0]}x each side); pass --allow-upsampling if that is intended, "
+                            "or give factors <= 1 (e.g. 0.125 0.25 0.5)")
     splits = list(splits) if splits else dataset.splits()
     if not splits:
         raise SoftprepError(f"{dataset.root}: no {dataset.name} splits found; is --root the dataset folder?")
@@ -227,6 +236,7 @@ def build(
     read_ahead: bool = True,
     scheduler: str | None = None,
     image_kernel: str | None = None,
+    allow_upsampling: bool = False,
 ) -> dict:
     """Build (or resume) a store at ``out``.
 
@@ -239,6 +249,7 @@ def build(
         progress: called as ``progress(images_done_now, images_total)`` after each shard.
         read_ahead: decode the next image in a thread while one is computed, where a core is free.
         image_kernel: resample the colour images with this kernel instead of ``kernel`` (Table IV).
+        allow_upsampling: accept scale factors above 1 (refused by default: see :func:`plan_store`).
         scheduler: run the shards on a Dask cluster: its address (``tcp://host:8786``), or ``"local"``
             for a ``LocalCluster`` of ``jobs`` worker processes (:mod:`softprep.parallel`).
 
@@ -251,7 +262,9 @@ def build(
             a folder that cannot be written (one line each; rerun the same command to resume).
     """
     out = location(out)
-    spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels, image_kernel)
+    if not is_remote(out):
+        out = Path(os.path.realpath(out))  # a link to a store: lock, resume and delete the store itself
+    spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels, image_kernel, allow_upsampling)
     if note:
         for text in upsampling_notes(spec):
             note(text)
@@ -268,8 +281,9 @@ def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None
                   progress: Callable[[int, int], None] | None, read_ahead: bool, scheduler: str | None) -> dict:
     if overwrite or unfinished_creation(out):
         delete_store(out)
+    if out.exists() and not _check_resumable(out, spec):
+        delete_store(out)  # another build's store with no finished image: nothing to lose
     if out.exists():
-        _check_resumable(out, spec)
         remove_partial_files(out)
     else:
         create_store_atomically(out, spec)
@@ -317,21 +331,37 @@ def _read_ahead(dataset: Dataset, spec: StoreSpec, todo: list[Task], workers: in
     return PairReader(dataset, [stored_sample(dataset, spec.splits[t.split], i) for t in todo for i in t.indices])
 
 
-def _check_resumable(out: Path, spec: StoreSpec) -> None:
-    """Refuse to touch a store made with other settings."""
+def _check_resumable(out: Path, spec: StoreSpec) -> bool:
+    """True when the store at ``out`` can be resumed. A store made with other settings is refused,
+    unless not one image of it is finished (nothing to lose: False, the caller starts it again)."""
     try:
-        existing = open_store(out).spec
+        store = open_store(out)
+        existing = store.spec
     except SoftprepError as error:
         if "store format" in str(error):
             raise
         raise SoftprepError(f"{out}: exists and is not a softprep store; choose another --out or pass --overwrite") from None
     mine, theirs = asdict(spec), asdict(existing)
     differing = [key for key in mine if mine[key] != theirs[key]]
-    if differing:
-        detail = ", ".join(f"{k}: store has {_short(theirs[k])}, asked {_short(mine[k])}" for k in differing)
-        raise SoftprepError(f"{out}: store was built with other settings ({detail}); pass --overwrite to rebuild it")
+    if not differing:
+        return True
+    if not any(store.done(split).any() for split in store.splits):
+        return False
+    detail = "; ".join(_difference(k, theirs[k], mine[k]) for k in differing)
+    raise SoftprepError(f"{out}: store was built with other settings ({detail}); pass --overwrite to rebuild it")
 
 
-def _short(value) -> str:
-    text = str(value)
-    return text if len(text) < 60 else text[:57] + "..."
+def _difference(key: str, theirs, mine) -> str:
+    """Where two setting values differ, in full: short values whole, long ones at their first difference."""
+    if len(repr(theirs)) + len(repr(mine)) < 400:
+        return f"{key}: store has {theirs!r}, asked {mine!r}"
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        for sub in sorted(set(theirs) | set(mine), key=str):
+            if theirs.get(sub) != mine.get(sub):
+                return _difference(f"{key}.{sub}", theirs.get(sub), mine.get(sub))
+    if isinstance(theirs, list) and isinstance(mine, list):
+        if len(theirs) != len(mine):
+            return f"{key}: store has {len(theirs)} entries, asked {len(mine)}"
+        first = next(i for i, (a, b) in enumerate(zip(theirs, mine)) if a != b)
+        return _difference(f"{key}[{first}]", theirs[first], mine[first])
+    return f"{key}: store has {theirs!r}, asked {mine!r}"

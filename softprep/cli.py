@@ -165,8 +165,9 @@ LOCATION = LocationType()
               help="Refuse images (or one image's outputs over all targets) above this many pixels: ~1 GiB per worker.")
 @click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster: its scheduler (tcp://host:8786), or 'local' "
               "for a LocalCluster of --jobs processes (needs the dask extra).")
+@click.option("--allow-upsampling", is_flag=True, help="Accept --scales factors above 1 (they enlarge every image).")
 def build(dataset, root, out, scales, short_side, fit, kernel, image_kernel, antialias, splits, jobs, shard_size, overwrite,
-          max_pixels, scheduler):
+          max_pixels, scheduler, allow_upsampling):
     """Build a store: every image of every split at every target resolution, resumably.
 
     Rerunning an interrupted build finishes it; a store made with other settings is refused
@@ -183,7 +184,7 @@ def build(dataset, root, out, scales, short_side, fit, kernel, image_kernel, ant
     try:
         result = run_build(adapter, out, targets, kernel, antialias, list(_split_args(splits, str)) or None,
                            jobs, overwrite, shard_size, progress, max_pixels, note=lambda text: click.echo(text, err=True),
-                           scheduler=scheduler, image_kernel=image_kernel)
+                           scheduler=scheduler, image_kernel=image_kernel, allow_upsampling=allow_upsampling)
     finally:
         bar.close()
     click.echo(f"{out}: {result['built']} images built, {result['skipped']} already done, {result['total']} in all; complete")

@@ -103,6 +103,8 @@ def parse_target(text: str | float | Target) -> Target:
                             "or fitHxW (fit512x1024)") from None
     if not math.isfinite(factor) or factor <= 0:
         raise SoftprepError(f"scale {text!r}: must be a finite number > 0, e.g. 0.125")
+    if factor > MAX_OUTPUT_SIDE:  # even a 1-px image would outgrow the largest output side
+        raise SoftprepError(f"scale {text!r}: too large (at most {MAX_OUTPUT_SIDE}); e.g. 0.125")
     return Target("scale", factor)
 
 

@@ -94,11 +94,13 @@ def prepare_label(label: np.ndarray, num_classes: int, ignore_index: int = IGNOR
         raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
     if num_classes > MAX_CLASSES:
         raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {num_classes}")
-    codes = label.astype(np.uint8, copy=True)
-    codes[label == ignore_index] = num_classes
-    if codes.max(initial=0) > num_classes:
-        bad = int(label[(codes > num_classes)].flat[0])
+    ignored = label == ignore_index
+    invalid = (label >= num_classes) & ~ignored  # the value num_classes too: it is the void code below
+    if invalid.any():
+        bad = int(label[invalid].flat[0])
         raise ValueError(f"label value {bad} is neither a class id (< {num_classes}) nor ignore ({ignore_index})")
+    codes = label.astype(np.uint8, copy=True)
+    codes[ignored] = num_classes
     return PreparedLabel(codes, num_classes)
 
 

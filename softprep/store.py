@@ -431,6 +431,7 @@ def store_lock(path: str | Path):
         with _object_lock(path):
             yield
         return
+    path = Path(os.path.realpath(path))  # one lock per store, whichever link or alias names it
     lock_path = path.with_name(f".{path.name}.lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -498,8 +499,9 @@ def create_store_atomically(path: str | Path, spec: StoreSpec) -> None:
         create_store(path, spec)
         return
     temp = creating_path(path)
-    if temp.exists():
-        shutil.rmtree(temp)
+    for leftover in (temp, deleting_path(path)):  # of a killed creation or deletion
+        if leftover.exists():
+            shutil.rmtree(leftover)
     create_store(temp, spec)
     os.rename(temp, path)
 
@@ -524,8 +526,25 @@ def remove_partial_files(path: str | Path) -> int:
     return len(partial)
 
 
+def deleting_path(path: str | Path) -> Path:
+    """Where a local store is moved, in one step, before its files are removed."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.deleting")
+
+
+def _looks_like_zarr(path: Path) -> bool:
+    """A zarr hierarchy, or what is left of one whose root metadata went first (an older softprep's
+    interrupted deletion): ``zarr.json`` at the root or in a direct child folder."""
+    return (path / "zarr.json").is_file() or any((child / "zarr.json").is_file() for child in path.iterdir()
+                                                 if child.is_dir())
+
+
 def delete_store(path: str | Path) -> None:
-    """Delete a store (or an empty folder) at ``path``; anything else is refused."""
+    """Delete a store (or an empty folder) at ``path``; anything else is refused.
+
+    Locally the store is first renamed to :func:`deleting_path` (one atomic step), then removed: a
+    kill at any moment leaves either the whole store or none at ``path``, and the leftover is
+    removed by the next build or deletion."""
     path = location(path)
     if is_remote(path):
         if path.exists():
@@ -533,12 +552,16 @@ def delete_store(path: str | Path) -> None:
                 raise SoftprepError(f"{path}: exists and is not a zarr store; refusing to delete it, choose another --out")
             remove_tree(path)
         return
+    trash = deleting_path(path)
+    if trash.exists():
+        shutil.rmtree(trash)
     if path.is_dir() and not any(path.iterdir()):
         path.rmdir()
     elif path.exists():
-        if not (path / "zarr.json").is_file():
+        if not path.is_dir() or not _looks_like_zarr(path):
             raise SoftprepError(f"{path}: exists and is not a zarr store; refusing to delete it, choose another --out")
-        shutil.rmtree(path)
+        os.rename(path, trash)
+        shutil.rmtree(trash)
     if creating_path(path).exists():
         shutil.rmtree(creating_path(path))
 

@@ -150,7 +150,10 @@ def test_info_json_and_ids(data, tmp_path):
 
 def test_scales_parse_alike_everywhere_and_upsampling_is_announced(data, tmp_path):
     out = tmp_path / "s.zarr"
-    result = softprep("build", "--root", data, "--out", out, "--scales", "0.5,1.5", "--splits", "val")
+    refused = softprep("build", "--root", data, "--out", out, "--scales", "0.5,1.5", "--splits", "val")
+    assert_one_line_error(refused, "--scales 1.5: a factor above 1 enlarges every image", "pass --allow-upsampling")
+    assert not out.exists()
+    result = softprep("build", "--root", data, "--out", out, "--scales", "0.5,1.5", "--splits", "val", "--allow-upsampling")
     assert result.returncode == 0, result.stderr
     assert "note: target 1.5 upsamples 3 val image(s)" in result.stderr and "128x64 -> 192x96 (WxH)" in result.stderr
     priors = softprep("priors", "--compare-kernels", "area", "--root", data, "--scales", "0.5,1.5", "--split", "val",
@@ -159,3 +162,5 @@ def test_scales_parse_alike_everywhere_and_upsampling_is_announced(data, tmp_pat
     assert [r["target"] for r in json.loads(priors.stdout)["rows"]] == ["0.5", "1.5"]
     assert_one_line_error(softprep("priors", "--compare-kernels", "area", "--root", data, "--scales", "-1"),
                           "scale '-1': must be a finite number > 0")
+    assert_one_line_error(softprep("build", "--root", data, "--out", out, "--scales", "1e308"),
+                          "scale '1e308': too large (at most 32768)")

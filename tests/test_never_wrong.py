@@ -77,3 +77,91 @@ def test_bicubic_stores_of_mixed_sizes_have_every_chunk(tmp_path):
     checked = softprep("verify", store)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert (store / "train" / "0.5" / "denominator" / "c" / "0").is_file()
+
+
+@pytest.mark.parametrize("bad", [11, 12, 200])
+def test_a_mask_value_equal_to_the_class_count_is_refused_not_ignored(bad):
+    from torchvision import tv_tensors
+
+    from softprep_train.transforms import ToSoftLabel
+
+    mask = torch.zeros((1, 16, 16), dtype=torch.uint8)
+    mask[0, 3, 3] = bad
+    with pytest.raises(ValueError, match=f"label value {bad} is neither a class id \\(< 11\\) nor ignore \\(255\\)"):
+        ToSoftLabel(11, 0.5)(tv_tensors.Mask(mask))
+    mask[0, 3, 3] = 255
+    assert ToSoftLabel(11, 0.5)(tv_tensors.Mask(mask)).shape == (11, 8, 8)
+
+
+def test_a_store_with_no_finished_image_restarts_and_a_refusal_shows_the_values_in_full(tmp_path):
+    """A bad mask stops the build before any image is done; after the user fixes classes.json the
+    rerun just starts again. A store with finished images and other classes is refused, naming
+    both class lists whole."""
+    import json
+
+    root = write_folder_dataset(tmp_path / "data", [(40, 60), (40, 60)], split_folders=False)
+    table = json.loads((root / "classes.json").read_text())
+    without_wire = {**table, "classes": [c for c in table["classes"] if c["name"] != "wire"]}
+    (root / "classes.json").write_text(json.dumps(without_wire))
+    store = tmp_path / "s.zarr"
+    args = ["build", "--dataset", "folder", "--root", root, "--out", store, "--scales", "0.5", "--jobs", "1"]
+    failed = softprep(*args)
+    assert failed.returncode == 1 and "label ids [9] are not in the folder label table" in failed.stderr
+    (root / "classes.json").write_text(json.dumps(table))
+    fixed = softprep(*args)
+    assert fixed.returncode == 0, fixed.stderr
+    assert open_store(store).classes == ["ground", "wire", "sky"]
+
+    renamed = {**table, "classes": [{**c, "name": "cable"} if c["name"] == "wire" else c for c in table["classes"]]}
+    (root / "classes.json").write_text(json.dumps(renamed))
+    refused = softprep(*args)
+    assert refused.returncode == 1
+    assert "classes: store has ['ground', 'wire', 'sky'], asked ['ground', 'cable', 'sky']" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_kill_during_overwrite_deletion_leaves_a_store_the_rerun_clears(tmp_path, monkeypatch):
+    """The deletion moves the store aside in one step before removing files: killed in the removal,
+    the path holds nothing and the next build finishes the job. A store an older softprep left
+    half-deleted (root metadata gone first) is still cleared by --overwrite."""
+    import shutil
+
+    from softprep.build import build
+    from softprep.datasets import get_dataset
+    from softprep.store import deleting_path
+
+    data = make_demo(tmp_path / "d", train=2, val=1, size=(64, 128), seed=3)
+    store = tmp_path / "s.zarr"
+    build(get_dataset("cityscapes", data), store, [0.5], jobs=1)
+    real_rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if str(path).endswith(".deleting"):
+            raise KeyboardInterrupt  # the kill, half way through removing the old files
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(get_dataset("cityscapes", data), store, [0.25], jobs=1, overwrite=True)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert not store.exists() and deleting_path(store).exists()
+    rerun = softprep("build", "--root", data, "--out", store, "--scales", "0.25", "--jobs", "1")
+    assert rerun.returncode == 0, rerun.stderr
+    assert not deleting_path(store).exists() and open_store(store).complete
+
+    (store / "zarr.json").unlink()  # what an interrupted rmtree of an older softprep left
+    again = softprep("build", "--root", data, "--out", store, "--scales", "0.25", "--jobs", "1", "--overwrite")
+    assert again.returncode == 0, again.stderr
+
+
+def test_one_lock_per_store_whichever_link_names_it(tmp_path):
+    from softprep.store import store_lock
+
+    real = tmp_path / "x.zarr"
+    real.mkdir()
+    alias = tmp_path / "alias.zarr"
+    alias.symlink_to(real)
+    with store_lock(real):
+        with pytest.raises(SoftprepError, match="another softprep build .* is writing this store"):
+            with store_lock(alias):
+                pass
