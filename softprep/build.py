@@ -8,7 +8,10 @@ same shard file; the parent alone writes the per-image records and ``done`` mark
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -153,6 +156,7 @@ def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,
     ``read_ahead``: True decodes this shard's next image in a thread while one is computed (worth
     it when a core would otherwise idle); a :class:`PairReader` does so across shards (in-process builds).
     """
+    _die_with(builder_pid)
     split_spec = spec.splits[task.split]
     samples = [stored_sample(dataset, split_spec, i) for i in task.indices]
     reader = read_ahead if isinstance(read_ahead, PairReader) else PairReader(dataset, samples if read_ahead else [])
@@ -201,6 +205,22 @@ class PairReader:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _die_with(builder_pid: int | None) -> None:
+    """In a worker process (Linux): ask the kernel to SIGKILL this process the moment its parent
+    dies, so an orphaned worker never writes, whatever it is doing then."""
+    if builder_pid is None or os.getpid() == builder_pid or not sys.platform.startswith("linux"):
+        return
+    global _DIES_WITH_PARENT
+    if not _DIES_WITH_PARENT:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _DIES_WITH_PARENT = True
+    _stop_if_orphaned(builder_pid)  # the parent may have died before the request
+
+
+PR_SET_PDEATHSIG = 1
+_DIES_WITH_PARENT = False
 
 
 def _stop_if_orphaned(builder_pid: int | None) -> None:

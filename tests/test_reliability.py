@@ -150,8 +150,11 @@ def test_killing_the_parent_stops_its_workers(tmp_path):
     workers = psutil.Process(process.pid).children(recursive=True)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    gone, alive = psutil.wait_procs(workers, timeout=3)
     assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "workers kept running"
+    time.sleep(1)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files, "a worker wrote after the parent died"
     result = softprep("build", "--root", data, "--out", out, "--scales", "0.5", "1.0", "--splits", "train",
                       "--shard-size", "1", "--jobs", "2")
     assert result.returncode == 0 and verify(out, jobs=1) == []
