@@ -3,8 +3,9 @@
 A checkpoint is ``torch.save``'s bytes followed by a 40-byte trailer: the sha256 of those bytes and
 the magic ``SPCKv1\\0\\0``. Loading checks the trailer (a flipped byte, a truncated or a zero-byte
 file is refused with one line) and unpickles with ``weights_only=True``: tensors, numbers,
-strings, lists and dicts only, so a crafted file cannot run code. Files without a trailer
-(softprep 0.1) still load, without the checksum.
+strings, lists and dicts only, so a crafted file cannot run code. A file without a valid trailer
+(truncated, damaged at its end, or written by something else) is refused unless the caller asks
+for ``verify=False`` (``--no-verify``: foreign weights, softprep 0.1 checkpoints).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     os.replace(temp, path)
 
 
-def load_checkpoint_state(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """The checkpoint dict at ``path``, checksum verified, loaded without executing code.
+def load_checkpoint_state(path: str | Path, device: torch.device | str = "cpu", verify: bool = True) -> dict:
+    """The checkpoint dict at ``path``, checksum verified (unless ``verify=False``), loaded without executing code.
 
     Raises:
         SoftprepError: missing, empty, truncated, damaged, not a checkpoint, or holding objects
@@ -54,6 +55,9 @@ def load_checkpoint_state(path: str | Path, device: torch.device | str = "cpu") 
         if hashlib.sha256(body).digest() != digest:
             raise SoftprepError(f"{path}: checkpoint is damaged (checksum mismatch); use another copy or start a new run")
         data = body
+    elif verify:
+        raise SoftprepError(f"{path}: no valid softprep checksum trailer (truncated, damaged at its end, or not written by "
+                            "softprep-train); use another copy, or pass --no-verify to load a foreign file unchecked")
     try:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling errors of every kind become one line

@@ -112,11 +112,12 @@ def fit(**options):
 @click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]), help="Whole image or sliding window (crop size, 2/3 stride).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON report (default: next to the checkpoint).")
 @click.option("--device", default="auto", show_default=True)
-def evaluate(checkpoint, store, split, root, mode, out, device):
+@click.option("--no-verify", is_flag=True, help="Load a checkpoint without softprep's checksum trailer (foreign weights).")
+def evaluate(checkpoint, store, split, root, mode, out, device, no_verify):
     """Full-resolution per-class IoU and mIoU (paper Table I layout)."""
     from softprep_train.evaluate import evaluate as run_eval, save_report
 
-    report = run_eval(checkpoint, store, split, root, mode, device)
+    report = run_eval(checkpoint, store, split, root, mode, device, verify=not no_verify)
     click.echo(report.table(), nl=False)
     path = save_report(report, out or Path(checkpoint).with_name(f"eval-{split}.json"))
     present = int((~np.isnan(report.iou)).sum())
@@ -130,12 +131,13 @@ def evaluate(checkpoint, store, split, root, mode, out, device):
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the masks (the images' sub-folders are kept).")
 @click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]))
 @click.option("--device", default="auto", show_default=True)
-def predict(checkpoint, images, out, mode, device):
+@click.option("--no-verify", is_flag=True, help="Load a checkpoint without softprep's checksum trailer (foreign weights).")
+def predict(checkpoint, images, out, mode, device, no_verify):
     """Prediction masks per image, in the image's relative folder: <name>_pred.png (colour),
     <name>_trainIds.png and, for Cityscapes, <name>_labelIds.png (for cityscapesScripts)."""
     from softprep_train.predict import predict_folder
 
-    written = predict_folder(checkpoint, images, out, mode, device)
+    written = predict_folder(checkpoint, images, out, mode, device, verify=not no_verify)
     click.echo(f"wrote {len(written)} masks to {out}")
 
 

@@ -100,9 +100,9 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, mode: str, windo
     return logits / count
 
 
-def load_checkpoint(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The model of a checkpoint (eval mode, on ``device``) and the checkpoint dict."""
-    state = load_checkpoint_state(path, device)
+def load_checkpoint(path: str | Path, device: torch.device, verify: bool = True) -> tuple[torch.nn.Module, dict]:
+    """The model of a checkpoint (eval mode, on ``device``) and the checkpoint dict (``verify``: its checksum)."""
+    state = load_checkpoint_state(path, device, verify)
     model = build_model(state["config"]["model"], state["num_classes"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
@@ -157,10 +157,10 @@ def image_confusions(model: torch.nn.Module, pairs: Iterable[tuple[np.ndarray, n
 
 
 def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val", root: str | Path | None = None,
-             mode: str = "whole", device: str = "auto", progress: bool = True) -> Report:
+             mode: str = "whole", device: str = "auto", progress: bool = True, verify: bool = True) -> Report:
     """Full-resolution confusion matrices (per image and summed) and IoU of a checkpoint on a split of a store."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    model, state = load_checkpoint(checkpoint, device)
+    model, state = load_checkpoint(checkpoint, device, verify)
     target = parse_target(state["config"]["scale"]).name
     store = open_store(store_path)
     if store.classes != state["classes"]:

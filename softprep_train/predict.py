@@ -54,13 +54,13 @@ def label_id_table(dataset: str | None) -> np.ndarray | None:
 
 
 def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, mode: str = "whole",
-                   device: str = "auto", progress: bool = True) -> list[Path]:
+                   device: str = "auto", progress: bool = True, verify: bool = True) -> list[Path]:
     """For every image under ``images``, write into ``out`` at the same relative folder:
     ``<name>_pred.png`` (colourised), ``<name>_trainIds.png`` (train ids, 8-bit) and, for Cityscapes,
     ``<name>_labelIds.png`` (official label ids, as cityscapesScripts' evaluator reads them).
     Returns the colourised paths."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    model, state = load_checkpoint(checkpoint, device)
+    model, state = load_checkpoint(checkpoint, device, verify)
     images = Path(images)
     paths = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:

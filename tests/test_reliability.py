@@ -316,9 +316,11 @@ def test_crafted_checkpoint_is_refused_without_running_code(run, tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"model": Payload(), "config": {}}, evil)
+    with pytest.raises(SoftprepError, match="no valid softprep checksum trailer"):
+        load_checkpoint_state(evil)  # refused before unpickling anything
     with pytest.raises(SoftprepError, match="refusing to load: the file holds objects other than tensors"):
-        load_checkpoint_state(evil)
-    result = train_cli("eval", "--checkpoint", evil, "--store", run[0])
+        load_checkpoint_state(evil, verify=False)
+    result = train_cli("eval", "--checkpoint", evil, "--store", run[0], "--no-verify")
     assert_one_line_error(result, str(evil), "refusing to load")
     assert not marker.exists()
 
@@ -331,9 +333,12 @@ def test_damaged_checkpoints_are_refused_with_one_line(run, tmp_path):
         "truncated": good[: len(good) // 2],
         "empty": b"",
         "garbage": os.urandom(5000),
+        "cut by 1 byte": good[:-1],
+        "flipped weight and magic": good[:1000] + bytes([good[1000] ^ 1]) + good[1001:-1] + bytes([good[-1] ^ 1]),
     }
-    messages = {"flipped": "checksum mismatch", "truncated": "not a readable checkpoint", "empty": "checkpoint is empty",
-                "garbage": "not a readable checkpoint"}
+    no_trailer = "no valid softprep checksum trailer"
+    messages = {"flipped": "checksum mismatch", "truncated": no_trailer, "empty": "checkpoint is empty",
+                "garbage": no_trailer, "cut by 1 byte": no_trailer, "flipped weight and magic": no_trailer}
     from softprep_train.checkpoint import load_checkpoint_state
 
     for name, content in cases.items():
@@ -344,6 +349,15 @@ def test_damaged_checkpoints_are_refused_with_one_line(run, tmp_path):
         assert str(path) in str(error.value) and "\n" not in str(error.value)
     # the CLI turns each into one line (one case is enough to show the path)
     assert_one_line_error(train_cli("eval", "--checkpoint", tmp_path / "flipped.pt", "--store", store), "checksum mismatch")
+    # a foreign file (plain torch.save, no trailer) loads only when asked to, and still without running code
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(good[:-40])
+    with pytest.raises(SoftprepError, match=no_trailer):
+        load_checkpoint_state(foreign)
+    assert load_checkpoint_state(foreign, verify=False)["iteration"] == load_checkpoint_state(folder / "last.pt")["iteration"]
+    assert_one_line_error(train_cli("eval", "--checkpoint", foreign, "--store", store), no_trailer, "--no-verify")
+    with pytest.raises(SoftprepError, match="not a readable checkpoint"):
+        load_checkpoint_state(tmp_path / "truncated.pt", verify=False)
 
 
 def test_resume_accepts_the_store_by_any_path_and_a_moved_run_folder(run, tmp_path):
