@@ -419,7 +419,7 @@ def mark_complete(path: str | Path, spec: StoreSpec) -> None:
 
 
 @contextlib.contextmanager
-def store_lock(path: str | Path):
+def store_lock(path: str | Path, writer: str = "softprep build", what: str = "store"):
     """Hold the write lock of the store at ``path``: a lock file beside it, released when the
     process ends however it ends; on object storage, a lock object created only if absent.
 
@@ -445,7 +445,7 @@ def store_lock(path: str | Path):
         handle.seek(0)
         holder = handle.read().strip() or "?"
         handle.close()
-        raise SoftprepError(f"{path}: another softprep build (pid {holder}) is writing this store; wait for it "
+        raise SoftprepError(f"{path}: another {writer} (pid {holder}) is writing this {what}; wait for it "
                             "to finish or stop it, then rerun") from None
     handle.seek(0)
     handle.truncate()

@@ -99,7 +99,9 @@ def fit(**options):
     for key in ("store", "out", "pretrained"):
         options[key] = str(options[key]) if options[key] is not None else None
     summary = run_fit(TrainConfig(**options))
-    if summary["rank"] == 0:
+    if summary.get("already_finished"):
+        click.echo(f"{summary['checkpoint']}: the run already finished ({summary['iterations']} iterations); nothing to resume")
+    elif summary["rank"] == 0:
         click.echo(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s on {summary['device']}: "
                    f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
 

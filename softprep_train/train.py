@@ -29,7 +29,7 @@ from tqdm import tqdm
 from softprep.errors import SoftprepError
 from softprep.plan import parse_target
 from softprep.location import is_remote, location
-from softprep.store import open_store
+from softprep.store import open_store, store_lock
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
 from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
 from softprep_train.losses import ce_nn_loss, kl_loss
@@ -178,6 +178,13 @@ def fit(config: TrainConfig, progress: bool = True, on_epoch: Callable[[int, tor
         SoftprepError: bad settings, an --out holding another run, a NaN loss, or SIGINT/SIGTERM
             (after writing a checkpoint of the current iteration; continue with ``--resume``).
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _fit(config, progress, on_epoch)
+    with store_lock(config.out, "softprep-train fit", "run folder"):  # one run per --out at a time
+        return _fit(config, progress, on_epoch)
+
+
+def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     config.scale = parse_target(config.scale).name
     store = location(config.store)  # the same store by any path compares equal on --resume
     config.store = str(store if is_remote(store) else store.resolve())
@@ -232,6 +239,8 @@ def fit(config: TrainConfig, progress: bool = True, on_epoch: Callable[[int, tor
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         iteration = state["iteration"]
+        if iteration >= total and (out / "summary.json").is_file():  # nothing left: the finished run's summary
+            return {**json.loads((out / "summary.json").read_text()), "already_finished": True}
     if world_size > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all ranks
     trained = DistributedDataParallel(model) if world_size > 1 else model

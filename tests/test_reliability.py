@@ -369,3 +369,23 @@ def test_resume_accepts_the_store_by_any_path_and_a_moved_run_folder(run, tmp_pa
                        "--seed", "1", "--resume", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "trained 4 iterations" in result.stdout
+    finished = (moved / "last.pt").read_bytes()
+    again = train_cli("fit", "--store", os.path.relpath(store, tmp_path), "--scale", "0.25", "--out", "moved",
+                      "--model", "hrnetv2_w18_small", "--iters", "4", "--batch-size", "2", "--workers", "0",
+                      "--seed", "1", "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith("the run already finished (4 iterations); nothing to resume")
+    assert (moved / "last.pt").read_bytes() == finished
+
+
+def test_a_second_fit_into_a_running_run_folder_is_refused(run, tmp_path):
+    """Two fits into one --out would overwrite each other's last.pt: the second is refused while the
+    first holds the run folder's lock."""
+    store, folder = run
+    live = tmp_path / "live"
+    shutil.copytree(folder, live)
+    with store_lock(live, "softprep-train fit", "run folder"):  # what a running fit holds
+        result = train_cli("fit", "--store", store, "--scale", "0.25", "--out", live, "--model", "hrnetv2_w18_small",
+                           "--iters", "4", "--batch-size", "2", "--workers", "0", "--seed", "1", "--resume")
+    assert_one_line_error(result, f"{live}: another softprep-train fit (pid {os.getpid()}) is writing this run folder")
+    assert (live / "last.pt").read_bytes() == (folder / "last.pt").read_bytes()
