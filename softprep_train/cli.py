@@ -72,6 +72,7 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--iters", default=80000, show_default=True, help="Iterations (ignored with --epochs).")
 @click.option("--epochs", type=int, default=None, help="Train for this many epochs instead of --iters.")
 @click.option("--lr", default=0.01, show_default=True, help="Peak learning rate, then poly decay (power 0.9).")
+@click.option("--poly-power", default=0.9, show_default=True, help="Power of the poly learning-rate decay.")
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]), help="sgd (momentum 0.9) or adamw.")
 @click.option("--weight-decay", default=1e-4, show_default=True, help="Weight decay of the optimizer.")
 @click.option("--warmup-iters", default=0, show_default=True, help="Linear warm-up before the poly schedule.")

@@ -96,6 +96,9 @@ class Settings:
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float = 2e-3
+    #: poly decay power: 2 anneals within the budget (0.9, the paper's, still adds ~3 points in the
+    #: last 20% of 60 epochs: measured on the NN arm at 1/8, seed 0)
+    poly_power: float = 2.0
     weight_decay: float = 1e-4
     eval_every: int = 4  # epochs between learning-curve points (also 80% of the run)
     jobs: int = 2  # runs at a time, one core each
@@ -185,7 +188,8 @@ def train_config(settings: Settings, stores: dict[str, Path], scale: str, arm_na
                        out=str(Path(settings.out, "runs", run_name(scale, arm_name, seed)).resolve()),
                        model=settings.model, loss=arm.loss, mc=arm.mc, nn_sampling=arm.nn_sampling,
                        split=settings.train_split, batch_size=settings.batch_size, iters=settings.iters or 0,
-                       epochs=epochs, lr=settings.lr, optimizer=settings.optimizer, weight_decay=settings.weight_decay,
+                       epochs=epochs, lr=settings.lr, poly_power=settings.poly_power, optimizer=settings.optimizer,
+                       weight_decay=settings.weight_decay,
                        workers=0, cache=True, log_every=50, checkpoint_every=10**9, seed=seed, overwrite=True,
                        device="cpu")
 
@@ -196,7 +200,8 @@ def fit_command(config) -> str:
             "--model", config.model, "--loss", config.loss, "--mc" if config.mc else "--no-mc",
             "--nn-sampling", config.nn_sampling, "--split", config.split, "--batch-size", str(config.batch_size),
             *(["--epochs", str(config.epochs)] if config.epochs else ["--iters", str(config.iters)]),
-            "--optimizer", config.optimizer, "--lr", str(config.lr), "--weight-decay", str(config.weight_decay),
+            "--optimizer", config.optimizer, "--lr", str(config.lr), "--poly-power", str(config.poly_power),
+            "--weight-decay", str(config.weight_decay),
             "--workers", "0", "--cache", "--seed", str(config.seed), "--device", "cpu", "--overwrite"]
     return shlex.join(args)
 
