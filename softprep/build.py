@@ -8,10 +8,7 @@ same shard file; the parent alone writes the per-image records and ``done`` mark
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +20,7 @@ from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
 from softprep.location import is_remote, location
-from softprep.parallel import default_jobs, run_tasks
+from softprep.parallel import default_jobs, die_with_parent, run_tasks, stop_if_orphaned
 from softprep.plan import ResamplingPlan, Target, parse_targets
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
 from softprep.softlabel import pack
@@ -156,13 +153,13 @@ def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,
     ``read_ahead``: True decodes this shard's next image in a thread while one is computed (worth
     it when a core would otherwise idle); a :class:`PairReader` does so across shards (in-process builds).
     """
-    _die_with(builder_pid)
+    die_with_parent(builder_pid)
     split_spec = spec.splits[task.split]
     samples = [stored_sample(dataset, split_spec, i) for i in task.indices]
     reader = read_ahead if isinstance(read_ahead, PairReader) else PairReader(dataset, samples if read_ahead else [])
     results = []
     for i, sample in zip(task.indices, samples):
-        _stop_if_orphaned(builder_pid)
+        stop_if_orphaned(builder_pid)
         image, label = reader.read(sample)
         if [*label.shape] != list(split_spec.sizes[i]):
             raise SoftprepError(f"{sample.label}: size changed since the build was planned; restart with --overwrite")
@@ -171,7 +168,7 @@ def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,
         results.append(process_sample(dataset, image, label, plans, image_plans))
     if reader is not read_ahead:
         reader.close()
-    _stop_if_orphaned(builder_pid)
+    stop_if_orphaned(builder_pid)
     write_shard(store_path, spec, task, results)
     return task.split, [SampleRecords.of(i, r) for i, r in zip(task.indices, results)]
 
@@ -205,27 +202,6 @@ class PairReader:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _die_with(builder_pid: int | None) -> None:
-    """In a worker process (Linux): ask the kernel to SIGKILL this process the moment its parent
-    dies, so an orphaned worker never writes, whatever it is doing then."""
-    if builder_pid is None or os.getpid() == builder_pid or not sys.platform.startswith("linux"):
-        return
-    global _DIES_WITH_PARENT
-    if not _DIES_WITH_PARENT:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        _DIES_WITH_PARENT = True
-    _stop_if_orphaned(builder_pid)  # the parent may have died before the request
-
-
-PR_SET_PDEATHSIG = 1
-_DIES_WITH_PARENT = False
-
-
-def _stop_if_orphaned(builder_pid: int | None) -> None:
-    if builder_pid is not None and os.getpid() != builder_pid and os.getppid() != builder_pid:
-        os._exit(1)  # the builder is gone: leave its shard unwritten (not done), a rerun redoes it
 
 
 def stored_sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:

@@ -11,7 +11,10 @@ rerun on another one (Dask's ``distributed.scheduler.allowed-failures``, 3 by de
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import sys
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from joblib import Parallel, delayed
@@ -52,6 +55,28 @@ def run_tasks(
         raise SoftprepError(
             f"a worker process died (killed, or out of memory: try fewer --jobs); {on_worker_death}"
         ) from None
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """In a worker process (Linux): ask the kernel to SIGKILL this process the moment its parent
+    dies, so an orphaned worker never writes, whatever it is doing then. No-op in the parent itself."""
+    global _DIES_WITH_PARENT
+    if parent_pid is None or os.getpid() == parent_pid or not sys.platform.startswith("linux"):
+        return
+    if not _DIES_WITH_PARENT:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _DIES_WITH_PARENT = True
+    stop_if_orphaned(parent_pid)  # the parent may have died before the request
+
+
+def stop_if_orphaned(parent_pid: int | None) -> None:
+    """Exit at once (writing nothing) when ``parent_pid`` is no longer this worker's parent."""
+    if parent_pid is not None and os.getpid() != parent_pid and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
+_DIES_WITH_PARENT = False
 
 
 def batches(count: int, size: int) -> list[range]:

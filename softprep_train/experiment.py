@@ -38,6 +38,7 @@ import numpy as np
 from softprep.build import build
 from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
+from softprep.parallel import die_with_parent
 from softprep.plan import parse_target
 from softprep.store import open_store
 
@@ -214,7 +215,7 @@ def _eval_pairs(store_path: Path, split: str, target: str) -> list[tuple[np.ndar
 
 
 def train_and_score(settings: Settings, stores: dict[str, Path], scale: str, arm_name: str, seed: int,
-                    threads: int = 1) -> dict:
+                    threads: int = 1, parent: int | None = None) -> dict:
     """One run: train with learning-curve evaluations, score the final checkpoint per image, record it."""
     import torch
 
@@ -222,6 +223,7 @@ def train_and_score(settings: Settings, stores: dict[str, Path], scale: str, arm
     from softprep_train.evaluate import image_confusions, load_checkpoint
     from softprep_train.train import fit
 
+    die_with_parent(parent)  # a stopped experiment leaves no run training on
     torch.set_num_threads(threads)
     config = train_config(settings, stores, scale, arm_name, seed)
     run = Path(config.out)
@@ -303,7 +305,7 @@ def run_experiment(settings: Settings, log: Callable[[str], None] = print) -> di
     if todo:
         jobs = max(1, min(settings.jobs, len(todo)))
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        tasks = (delayed(train_and_score)(settings, stores, *run, threads) for run in todo)
+        tasks = (delayed(train_and_score)(settings, stores, *run, threads, os.getpid()) for run in todo)
         done_seconds = []
         for result in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
             results[(_scale_key(settings, result["scale"]), result["arm"], result["seed"])] = result
@@ -324,8 +326,11 @@ def _scale_key(settings: Settings, name: str) -> str:
 
 
 def _invocation() -> str:
-    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
-    return shlex.join(argv)
+    """The command line as the user would type it (``python -m softprep_train.cli`` is ``softprep-train``)."""
+    if not sys.argv or not sys.argv[0]:
+        return ""
+    program = Path(sys.argv[0]).name
+    return shlex.join(["softprep-train" if program in ("cli.py", "softprep-train") else program, *sys.argv[1:]])
 
 
 __all__ = ["ARMS", "Arm", "Settings", "run_experiment", "train_and_score"]
