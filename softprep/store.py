@@ -391,13 +391,14 @@ def _write_records(root, split: str, records: list[SampleRecords]) -> None:
 
 
 def attrs_digest(root) -> str:
-    """sha256 of every attribute that describes the content (root minus ``complete`` and the digest
-    itself, every split, target and bucket group): metadata damage shows as a different digest."""
+    """sha256 of every attribute that describes the content (root minus ``complete``, the build
+    identity and the digest itself, every split, target and bucket group): metadata damage shows as
+    a different digest, and two builds of one spec have one digest."""
     digest = hashlib.sha256()
     for path, group in sorted(_groups(root), key=lambda item: item[0]):
         attrs = dict(group.attrs)
         if path == "":
-            attrs = {k: v for k, v in attrs["softprep"].items() if k not in ("complete", "attrs_sha256")}
+            attrs = {k: v for k, v in attrs["softprep"].items() if k not in ("complete", "attrs_sha256", "build_id")}
         digest.update(path.encode() + b"\0" + json.dumps(attrs, sort_keys=True).encode() + b"\0")
     return digest.hexdigest()
 
@@ -575,6 +576,68 @@ def shard_file(array, position: int, store_path: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------ reading
 
 
+#: What a softprep store's arrays may declare; anything else is refused before a byte is decoded.
+ALLOWED_CODECS = frozenset({"bytes", "zstd", "crc32c", "sharding_indexed"})
+ALLOWED_DTYPES = frozenset({"uint8", "uint16", "uint32", "int32", "int64", "float32", "float64"})
+#: Most elements one image may hold in any array (colour: 3 per pixel of the largest allowed image).
+MAX_IMAGE_ELEMENTS = 3 * 32_000_000
+#: Most images a split may hold.
+MAX_IMAGES = 10_000_000
+
+
+def check_store_files(path) -> None:
+    """Bound a store from an unknown source before anything is allocated or decoded: every array's
+    codecs, dtype and per-image size within what softprep writes, and (locally) every file a
+    regular file inside the store (no links to devices or system files).
+
+    Raises:
+        SoftprepError: one line naming the file and what is wrong with it.
+    """
+    local = not is_remote(path)
+    for file in (path.rglob("*") if local else path.rglob("zarr.json")):
+        if local and (file.is_symlink() or not (file.is_file() or file.is_dir())):
+            raise SoftprepError(f"{file}: not a regular file inside the store (a link or device); refusing to read "
+                                "this store: rebuild it or restore the file")
+        if file.name == "zarr.json" and file.is_file():
+            _check_array_metadata(file)
+
+
+def _check_array_metadata(file) -> None:
+    try:
+        meta = json.loads(file.read_bytes())
+    except (OSError, ValueError) as error:
+        raise SoftprepError(f"{file}: unreadable metadata ({type(error).__name__}); run `softprep verify`, rebuild "
+                            "the store") from None
+    if not isinstance(meta, dict) or meta.get("node_type") != "array":
+        return
+    names = _codec_names(meta.get("codecs", []))
+    unknown = sorted(set(names) - ALLOWED_CODECS)
+    if unknown:
+        raise SoftprepError(f"{file}: codec {unknown[0]!r} is not one a softprep store uses ({', '.join(sorted(ALLOWED_CODECS))}); "
+                            "refusing to read it")
+    dtype = meta.get("data_type")
+    if dtype not in ALLOWED_DTYPES:
+        raise SoftprepError(f"{file}: data type {str(dtype)[:40]!r} is not one a softprep store uses; refusing to read it")
+    shape = meta.get("shape") or [0]
+    chunks = (meta.get("chunk_grid", {}).get("configuration", {}) or {}).get("chunk_shape") or shape
+    if (not all(isinstance(v, int) and v >= 0 for v in [*shape, *chunks]) or shape[0] > MAX_IMAGES
+            or math.prod(shape[1:]) > MAX_IMAGE_ELEMENTS or math.prod(chunks) > MAX_IMAGE_ELEMENTS):
+        raise SoftprepError(f"{file}: array shape {shape[:4]} (chunks {chunks[:4]}) is beyond what a softprep store "
+                            f"holds (at most {MAX_IMAGES} images of {MAX_IMAGE_ELEMENTS} values); refusing to read it")
+
+
+def _codec_names(codecs) -> list[str]:
+    out = []
+    for codec in codecs if isinstance(codecs, list) else []:
+        if isinstance(codec, dict):
+            out.append(str(codec.get("name")))
+            config = codec.get("configuration") or {}
+            out += _codec_names(config.get("codecs", [])) + _codec_names(config.get("index_codecs", []))
+        else:
+            out.append(str(codec))
+    return out
+
+
 def open_store(path: str | Path) -> "Store":
     """Open a store for reading (also an unfinished one: check ``store.complete``)."""
     return Store(path)
@@ -594,6 +657,7 @@ class Store:
         except (FileNotFoundError, KeyError, ValueError) as error:
             raise SoftprepError(f"{self.path}: not a softprep store ({type(error).__name__}); build one with `softprep build`") from None
         self.build_id = self.attrs.get("build_id")
+        check_store_files(self.path)
         version = self.attrs.get("format_version")
         if version != FORMAT_VERSION:
             raise SoftprepError(f"{self.path}: store format {version} cannot be read by this softprep (it reads format "

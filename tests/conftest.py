@@ -76,3 +76,14 @@ def write_folder_dataset(root: Path, sizes, split_folders: bool) -> Path:
         Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(root.joinpath("images", *sub, f"img{k}.jpg"))
         Image.fromarray(mask).save(root.joinpath("masks", *sub, f"img{k}.png"))
     return root
+
+
+def comparable_bytes(store: Path, relative: Path) -> bytes:
+    """A store file's bytes for comparing two builds: the root metadata without the build identity
+    (a fresh random id per creation), every other file as it is."""
+    data = (store / relative).read_bytes()
+    if str(relative) != "zarr.json":
+        return data
+    meta = json.loads(data)
+    meta["attributes"]["softprep"].pop("build_id", None)
+    return json.dumps(meta, sort_keys=True).encode()

@@ -165,3 +165,55 @@ def test_one_lock_per_store_whichever_link_names_it(tmp_path):
         with pytest.raises(SoftprepError, match="another softprep build .* is writing this store"):
             with store_lock(alias):
                 pass
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory) -> Path:
+    from softprep.build import build
+    from softprep.datasets import get_dataset
+
+    folder = tmp_path_factory.mktemp("hostile")
+    data = make_demo(folder / "d", train=2, val=1, size=(64, 128), seed=4)
+    store = folder / "s.zarr"
+    build(get_dataset("cityscapes", data), store, [0.5], jobs=1)
+    return store
+
+
+def _edit_metadata(path: Path, change) -> None:
+    import json
+
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("pickle codec", "codec 'numcodecs.pickle' is not one a softprep store uses"),
+    ("huge bucket", "is beyond what a softprep store holds"),
+    ("string done", "data type 'string' is not one a softprep store uses"),
+    ("chunk to /dev/zero", "not a regular file inside the store"),
+    ("chunk to a system file", "not a regular file inside the store"),
+])
+def test_a_hostile_store_is_refused_before_anything_is_allocated(small_store, tmp_path, damage, message):
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(small_store, store)
+    bucket = next(p for p in (store / "train" / "0.5").iterdir() if p.is_dir())
+    if damage == "pickle codec":
+        _edit_metadata(bucket / "nn" / "zarr.json",
+                       lambda m: m["codecs"][0]["configuration"]["codecs"].append({"name": "numcodecs.pickle"}))
+    elif damage == "huge bucket":
+        _edit_metadata(bucket / "image" / "zarr.json", lambda m: m.__setitem__("shape", [2, 100000, 100000, 3]))
+    elif damage == "string done":
+        _edit_metadata(store / "train" / "done" / "zarr.json", lambda m: m.__setitem__("data_type", "string"))
+    else:
+        chunk = next(p for p in (bucket / "nn").rglob("*") if p.is_file() and p.name != "zarr.json")
+        chunk.unlink()
+        chunk.symlink_to("/dev/zero" if damage == "chunk to /dev/zero" else "/etc/hostname")
+    with pytest.raises(SoftprepError, match=message):
+        open_store(store)
+    for command in ("info", "verify", "priors"):
+        result = softprep(command, store)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (command, result.stderr)

@@ -26,6 +26,7 @@ from softprep.datasets import get_dataset
 from softprep.demo import make_demo
 from softprep.store import SplitSpec, creating_path, shard_file, store_lock
 from softprep.verify import verify
+from tests.conftest import comparable_bytes
 
 KILLS = 8
 
@@ -47,7 +48,7 @@ def same_files(a: Path, b: Path) -> None:
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert files_a == files_b
     for rel in files_a:
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+        assert comparable_bytes(a, rel) == comparable_bytes(b, rel), rel
 
 
 @pytest.fixture(scope="module")
