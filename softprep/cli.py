@@ -10,7 +10,7 @@ import click
 from tqdm import tqdm
 
 from softprep import __version__
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, printable
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
 from softprep.build import DEFAULT_MAX_PIXELS
 from softprep.store import DEFAULT_SHARD_SIZE
@@ -55,7 +55,7 @@ class OneLineErrors(click.Group):
         try:
             return super().invoke(ctx)
         except SoftprepError as error:
-            click.echo(f"{self.prog}: error: {error}", err=True)
+            click.echo(f"{self.prog}: error: {printable(error)}", err=True)
             sys.exit(1)
 
 
@@ -206,7 +206,7 @@ def info(store, as_json, ids, split):
 
     if ids:
         for name, image_id in image_ids(store, split):
-            click.echo(f"{name} {image_id}")
+            click.echo(f"{printable(name)} {printable(image_id)}")
     elif as_json:
         click.echo(json.dumps(describe(store), indent=2))
     else:

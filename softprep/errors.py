@@ -3,3 +3,9 @@
 
 class SoftprepError(Exception):
     """Bad input or a refused operation. ``str(error)`` is a complete one-line message."""
+
+
+def printable(text: object) -> str:
+    """``text`` with every non-printable character escaped (``\\n``, ``\\x1b``, ...): names that come
+    from files (ids, class names, paths) stay on one line and cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))

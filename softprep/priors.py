@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from softprep.datasets import Dataset, Sample
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, printable
 from softprep.kernels import KERNELS
 from softprep.parallel import batches, run_tasks
 from softprep.plan import Target, parse_target, parse_targets, resampling_plan
@@ -258,7 +258,7 @@ def format_value(value: Number, exact: bool, scale_factor: float) -> str:
 
 def table_cells(table: PriorTable, scale_factor: float = DEFAULT_SCALE_FACTOR) -> tuple[list[str], list[list[str]]]:
     """Header and body cells of the paper's layout: strategy, resolution, exactness, sum/max |D|, classes."""
-    header = ["strategy", "target", "exact", "sum|D|", "max|D|", *table.classes]
+    header = ["strategy", "target", "exact", "sum|D|", "max|D|", *map(printable, table.classes)]
     body = []
     for row in table.rows:
         cells = [row.strategy, target_label(row.target), "exact" if row.exact else "float",

@@ -217,3 +217,37 @@ def test_a_hostile_store_is_refused_before_anything_is_allocated(small_store, tm
         result = softprep(command, store)
         assert result.returncode == 1, (command, result.stdout, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (command, result.stderr)
+
+
+def test_a_store_written_inside_the_dataset_folder_is_not_taken_for_a_split(tmp_path):
+    root = write_folder_dataset(tmp_path / "data", [(40, 60), (40, 60)], split_folders=False)
+    store = root / "images" / "store.zarr"
+    args = ["build", "--dataset", "folder", "--root", root, "--out", store, "--scales", "0.5", "--jobs", "1"]
+    assert softprep(*args).returncode == 0
+    rerun = softprep(*args)
+    assert rerun.returncode == 0 and "0 images built, 2 already done" in rerun.stdout, rerun.stderr
+    overwrite = softprep(*args, "--overwrite")
+    assert overwrite.returncode == 0, overwrite.stderr
+    assert open_store(store).splits == ["train"]
+
+
+def test_names_from_files_are_escaped_in_ids_tables_and_errors(tmp_path):
+    """A file name with a newline or an escape sequence, and such a class name, print as one line."""
+    import json
+
+    root = write_folder_dataset(tmp_path / "data", [(40, 60), (40, 60)], split_folders=False)
+    for folder, suffix in (("images", ".jpg"), ("masks", ".png")):
+        (root / folder / f"img0{suffix}").rename(root / folder / f"evil\nname\x1b[31m{suffix}")
+    table = json.loads((root / "classes.json").read_text())
+    table["classes"][0]["name"] = "gro\nund"
+    (root / "classes.json").write_text(json.dumps(table))
+    store = tmp_path / "s.zarr"
+    assert softprep("build", "--dataset", "folder", "--root", root, "--out", store, "--scales", "0.5").returncode == 0
+    ids = softprep("info", store, "--ids")
+    assert ids.returncode == 0 and "train evil\\nname\\x1b[31m" in ids.stdout.splitlines(), ids.stdout
+    priors = softprep("priors", store)
+    assert "gro\\nund" in priors.stdout and "\x1b" not in priors.stdout
+    (root / "masks" / "evil\nname\x1b[31m.png").write_bytes(b"not a png")
+    failed = softprep("build", "--dataset", "folder", "--root", root, "--out", tmp_path / "t.zarr", "--scales", "0.5")
+    assert failed.returncode == 1 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "evil\\nname\\x1b[31m.png" in failed.stderr and "\x1b" not in failed.stderr

@@ -56,6 +56,12 @@ def load_class_table(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int,
     return names, colours, mapping
 
 
+def _is_split_folder(path: Path) -> bool:
+    """A sub-folder of ``images/`` that is a split: not hidden, and not a store (or a store being
+    created or deleted) that the user wrote inside the dataset."""
+    return path.is_dir() and not path.name.startswith(".") and ".zarr" not in path.name
+
+
 class Folder(StemPairedDataset):
     name = "folder"
     layout = "images/[SPLIT/] and masks/[SPLIT/]"
@@ -68,13 +74,13 @@ class Folder(StemPairedDataset):
     @property
     def _flat(self) -> bool:
         images = self.root / "images"
-        return images.is_dir() and not any(p.is_dir() for p in images.iterdir())
+        return images.is_dir() and not any(_is_split_folder(p) for p in images.iterdir())
 
     def splits(self) -> list[str]:
         if self._flat:
             return [FLAT_SPLIT]
         images = self.root / "images"
-        return sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+        return sorted(p.name for p in images.iterdir() if _is_split_folder(p)) if images.is_dir() else []
 
     def folders(self, split: str) -> tuple[Path, Path]:
         if self._flat and split == FLAT_SPLIT:
