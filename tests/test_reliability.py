@@ -24,11 +24,11 @@ from softprep import SoftprepError, open_store
 from softprep.build import build, stored_sample
 from softprep.datasets import get_dataset
 from softprep.demo import make_demo
-from softprep.store import SplitSpec, creating_path, shard_file, store_lock
+from softprep.store import SplitSpec, creating_path, deleting_path, shard_file, store_lock
 from softprep.verify import verify
 from tests.conftest import comparable_bytes
 
-KILLS = 8
+KILLS = 20
 
 
 def softprep(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -90,29 +90,60 @@ def kill_during(args: list, phase: str, fraction: float) -> None:
     process.wait()
 
 
-def test_kill_at_random_moments_of_creation_and_shards_then_resume_is_identical(data, tmp_path):
+def kill_after(args: list, seconds: float) -> None:
+    """Start a build and SIGKILL its whole process group ``seconds`` after starting it."""
+    process = subprocess.Popen([sys.executable, "-m", "softprep.cli", *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def phase_of(out: Path) -> str:
+    """Where a killed build stopped, read from what it left."""
+    if deleting_path(out).exists():
+        return "deletion"
+    if creating_path(out).exists() and not out.exists():
+        return "creation"
+    if not out.exists():
+        return "start"
+    return "shards" if not open_store(out).complete else "completed"
+
+
+def test_kill_at_random_moments_of_the_whole_build_then_resume_is_identical(data, tmp_path):
+    """KILLS SIGKILLs at uniformly random moments of a whole build (start-up, creation, shards,
+    completion) and of an --overwrite rebuild (deletion first), one in five aimed into creation; each killed store is finished by
+    rerunning without --overwrite and equals a clean build file for file, byte for byte."""
     reference = tmp_path / "reference.zarr"
-    durations = dict(zip(("creation", "shards"), watch_phases(build_args(data, reference))))
+    started = time.perf_counter()
+    creation, _ = watch_phases(build_args(data, reference))
+    duration = time.perf_counter() - started
     rng = np.random.default_rng(0)
-    hit = {"creation": 0, "shards": 0, "other": 0}
+    hits: dict[str, int] = {}
     for k in range(KILLS):
-        phase = ("creation", "shards")[k % 2]
         out = tmp_path / f"killed{k}.zarr"
-        kill_during(build_args(data, out), phase, rng.uniform(0, durations[phase]))
-        if creating_path(out).exists() and not out.exists():
-            hit["creation"] += 1
-        elif out.exists() and not open_store(out).complete:
-            hit["shards"] += 1
+        args = build_args(data, out)
+        if k % 2:  # an --overwrite rebuild of a complete store
+            shutil.copytree(reference, out)
+            args = [*args, "--overwrite"]
+        if k % 5 == 0:  # creation is short: aim some kills into it
+            kill_during(args, "creation", rng.uniform(0, creation))
+        else:
+            kill_after(args, rng.uniform(0, duration * 1.1))
+        phase = phase_of(out)
+        hits[phase] = hits.get(phase, 0) + 1
+        if phase == "shards":
             info = softprep("info", out)
             assert info.returncode == 0 and "UNFINISHED" in info.stdout and "Traceback" not in info.stderr
-        else:
-            hit["other"] += 1
         resumed = softprep(*build_args(data, out))
-        assert resumed.returncode == 0, resumed.stderr
-        assert not creating_path(out).exists()
-        same_files(reference, out)  # byte for byte
-    assert hit["creation"] >= 2 and hit["shards"] >= 2, hit
-    print(f"kills: {hit}, identical resumes: {KILLS}")
+        assert resumed.returncode == 0, (phase, resumed.stderr)
+        assert not creating_path(out).exists() and not deleting_path(out).exists()
+        same_files(reference, out)
+        shutil.rmtree(out)
+    assert hits.get("shards", 0) >= 3 and hits.get("creation", 0) + hits.get("deletion", 0) >= 1, hits
+    print(f"kills by phase: {hits}; identical resumes: {KILLS}")
 
 
 def test_interrupted_creation_leftovers_and_empty_folders_are_cleared(data, tmp_path):
