@@ -1,6 +1,6 @@
 """``softprep-train predict``: colourised masks for a folder of images.
 
-Each image is resampled to the checkpoint's training target with the store's kernel (the same
+Each image is resampled to the checkpoint's training target with the store's colour kernel (the same
 tap tables softprep built the store with), segmented, and its logits upsampled (bilinear) back to
 the original size; masks are written as colour, train-id and (Cityscapes) label-id PNGs.
 """
@@ -30,13 +30,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def predict_image(model: torch.nn.Module, state: dict, image: np.ndarray, mode: str = "whole") -> np.ndarray:
     """``(H, W, 3) uint8`` image -> ``(H, W) uint8`` predicted train ids at full resolution."""
     h, w = image.shape[:2]
-    plan = resampling_plan(state["kernel"], state["antialias"], (h, w), state["config"]["scale"])
+    plan = resampling_plan(colour_kernel(state), state["antialias"], (h, w), state["config"]["scale"])
     small = resize_image(image, plan.rows, plan.cols)
     device = next(model.parameters()).device
     tensor = torch.from_numpy(small).permute(2, 0, 1)[None].float().to(device)
     logits = predict_logits(model, normalise(tensor), mode, tuple(state["crop"]))
     full = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
     return full[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def colour_kernel(state: dict) -> str:
+    """The kernel the checkpoint's colour images were resampled with: the store's colour kernel
+    (``--image-kernel`` stores differ from their label kernel); older checkpoints: the label kernel."""
+    return state.get("store_spec", {}).get("image_kernel") or state["kernel"]
 
 
 def label_id_table(dataset: str | None) -> np.ndarray | None:

@@ -202,6 +202,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     if rank == 0:
         _prepare_out(config, out)
     store = open_store(config.store)
+    spec = store.spec
     if not store.complete:
         raise SoftprepError(f"{config.store}: store is not completely built; finish it with `softprep build` first")
     num_classes = len(store.classes)
@@ -254,8 +255,10 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
         if rank == 0:
             save_checkpoint(path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "iteration": iteration, "config": asdict(config), "classes": store.classes, "dataset": store.attrs["dataset"],
-                "palette": store.attrs["palette"], "kernel": store.attrs["kernel"], "antialias": store.attrs["antialias"],
+                "iteration": iteration, "config": asdict(config), "classes": store.classes, "dataset": spec.dataset,
+                "palette": spec.palette, "kernel": spec.kernel, "antialias": spec.antialias,
+                # the whole store spec it trained on (label and colour kernels, targets): what predict resamples with
+                "store_spec": spec.root_attrs(complete=True),
                 "num_classes": num_classes, "crop": list(crop),
             })
 

@@ -226,3 +226,28 @@ def test_segformer_b2_trains_a_few_iterations_on_cpu(store, tmp_path):
     assert loaded.backbone.pretrained_tensors[0] == loaded.backbone.pretrained_tensors[1]
     first = next(iter(model.backbone.state_dict()))
     torch.testing.assert_close(loaded.backbone.state_dict()[first], model.backbone.state_dict()[first])
+
+
+def test_predict_resamples_colour_with_the_colour_kernel_it_trained_on(demo_root, tmp_path):
+    """A store built with --image-kernel (labels area, colour bicubic): training saw bicubic colour,
+    so predict must resize with bicubic too; the checkpoint carries the store spec that says so."""
+    from softprep.datasets.base import read_array
+    from softprep.plan import resampling_plan
+    from softprep.resample import resize_image
+    from softprep_train.evaluate import load_checkpoint, predict_logits
+    from softprep_train.predict import predict_image
+    from softprep_train.train import normalise
+
+    out = tmp_path / "store.zarr"
+    build(get_dataset("cityscapes", demo_root), out, [0.5], kernel="area", image_kernel="bicubic", jobs=1)
+    fit(TrainConfig(store=str(out), out=str(tmp_path / "run"), iters=2, **{**TINY, "model": "unet_small"}),
+        progress=False)
+    model, state = load_checkpoint(tmp_path / "run" / "last.pt", torch.device("cpu"))
+    assert (state["store_spec"]["kernel"], state["store_spec"]["image_kernel"]) == ("area", "bicubic")
+    image = read_array(next((Path(demo_root) / "leftImg8bit" / "val").rglob("*.png")), "RGB")
+    plan = resampling_plan("bicubic", False, image.shape[:2], 0.5)
+    small = torch.from_numpy(resize_image(image, plan.rows, plan.cols)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        logits = predict_logits(model, normalise(small), "whole", tuple(state["crop"]))
+        expected = F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)[0].argmax(0)
+    np.testing.assert_array_equal(predict_image(model, state, image), expected.numpy())
