@@ -35,6 +35,7 @@ from PIL import Image  # noqa: E402
 
 from softprep.build import build, plan_store, process_sample  # noqa: E402
 from softprep.datasets import get_dataset  # noqa: E402
+from softprep.softlabel import IGNORE_INDEX  # noqa: E402
 from softprep.info import disk_bytes  # noqa: E402
 from softprep.plan import resampling_plan  # noqa: E402
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label  # noqa: E402
@@ -118,7 +119,7 @@ def bench_compute(dataset, kernels: list[str]) -> list[dict]:
             ours = best_of(lambda: pack(soft_label(prepare_label(label, c), plan.rows, plan.cols)))
 
             def peer():
-                codes = torch.from_numpy(np.where(label == 255, c, label)).long()
+                codes = torch.from_numpy(np.where(label == IGNORE_INDEX, c, label)).long()
                 one_hot = F.one_hot(codes, c + 1).permute(2, 0, 1)[None].float()
                 extra = {"align_corners": False} if kernel != "area" else {}
                 return F.interpolate(one_hot, size=plan.size, mode=TORCH_MODE[kernel], **extra)[0, :c].numpy()
@@ -243,7 +244,7 @@ def bench_read(store_path: Path, dataset, kernel: str, scale: float, samples: in
         ratio = rng.uniform(0.5, 2.0)
         size = (max(1, round(h * ratio)), max(1, round(w * ratio)))
         colour = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=size, mode=mode, **extra)
-        codes = torch.from_numpy(np.where(label == 255, c, label)).long()
+        codes = torch.from_numpy(np.where(label == IGNORE_INDEX, c, label)).long()
         soft = F.interpolate(F.one_hot(codes, c + 1).permute(2, 0, 1)[None].float(), size=size, mode=mode, **extra)
         top, left = int(rng.integers(0, max(size[0] - h, 0) + 1)), int(rng.integers(0, max(size[1] - w, 0) + 1))
         return colour[..., top:top + h, left:left + w], soft[:, :c, top:top + h, left:left + w]

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from softprep.kernels import AxisWeights
-from softprep.softlabel import EMPTY, MAX_CLASSES, SoftLabel, from_sparse_rows
+from softprep.softlabel import EMPTY, IGNORE_INDEX, MAX_CLASSES, SoftLabel, from_sparse_rows
 
 #: Label value that marks unlabelled pixels in train-id maps.
-IGNORE_INDEX = 255
 
 
 def resize_image(image: np.ndarray, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:

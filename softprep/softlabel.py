@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The train id of unlabelled pixels, everywhere: adapters map "void" to it, hard (NN) label maps
+#: hold it, losses and evaluation skip it. The one definition of the ignore value.
+IGNORE_INDEX = 255
 #: Class code of an unused slot, and of an ignored pixel in a hard label map.
-EMPTY = 255
+EMPTY = IGNORE_INDEX
 #: Code of a multi-class pixel in a packed soft label's class map (its slots are in the lists).
 MIXED = 254
 #: Most classes a soft label can carry (class ids stay below ``MIXED``).

@@ -31,11 +31,12 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from softprep.errors import SoftprepError
+from softprep.softlabel import IGNORE_INDEX
 from softprep.kernels import AxisWeights
 from softprep.plan import parse_target, plan_for_size
 from softprep.store import open_store
 
-IGNORE = 255
+IGNORE = IGNORE_INDEX  # the ignore value of hard labels and crop padding
 RESIZE_RANGE = (0.5, 2.0)
 #: The stored target holding the original labels (what ``nn_sampling="centre"`` samples from).
 FULL_RESOLUTION = "1.0"

@@ -46,17 +46,11 @@ def colour_kernel(state: dict) -> str:
 
 
 def label_id_table(dataset: str | None) -> np.ndarray | None:
-    """``(256,) uint8`` train id -> the dataset's official label id, for datasets whose evaluators read
-    label ids (Cityscapes: cityscapesScripts); None otherwise."""
-    if dataset != "cityscapes":
-        return None
-    from softprep.datasets.cityscapes import LABEL_ID_TO_TRAIN_ID
+    """The dataset adapter's train id -> official label id table (Cityscapes), or None."""
+    from softprep.datasets import DATASETS
 
-    table = np.zeros(256, dtype=np.uint8)  # unlabelled predictions (none) stay 0 = "unlabeled"
-    for label_id, train_id in sorted(LABEL_ID_TO_TRAIN_ID.items(), reverse=True):
-        if train_id != 255:
-            table[train_id] = label_id
-    return table
+    adapter = DATASETS.get(dataset or "")
+    return None if adapter is None else adapter.train_id_to_label_id
 
 
 def predict_folder(checkpoint: str | Path, images: str | Path, out: str | Path, mode: str = "whole",

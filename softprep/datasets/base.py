@@ -12,8 +12,7 @@ from PIL import Image
 
 from softprep.errors import SoftprepError
 from softprep.location import is_remote, location
-
-IGNORE_INDEX = 255
+from softprep.softlabel import IGNORE_INDEX  # the adapters' ignore value (re-exported for them)
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,10 @@ class Dataset:
         self.root = location(root)
         if not self.root.is_dir():
             raise SoftprepError(f"{self.root}: dataset root is not a folder; pass --root pointing at the {self.name} folder")
+
+    #: ``(256,) uint8`` train id -> the dataset's official label id, for datasets whose evaluators
+    #: read label ids (Cityscapes: cityscapesScripts); None where train ids are what is evaluated.
+    train_id_to_label_id = None
 
     @property
     def num_classes(self) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import StemPairedDataset, lookup_table
+from softprep.datasets.base import IGNORE_INDEX, StemPairedDataset, lookup_table
 
 #: SegNet's classes and the colours its scripts draw them with, index = train id.
 CLASSES = (
@@ -20,7 +20,7 @@ CLASSES = (
 )
 UNLABELLED = 11
 
-_LUT = lookup_table({**{i: i for i in range(len(CLASSES))}, UNLABELLED: 255})
+_LUT = lookup_table({**{i: i for i in range(len(CLASSES))}, UNLABELLED: IGNORE_INDEX})
 
 
 class CamVid(StemPairedDataset):

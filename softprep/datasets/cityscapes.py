@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import Dataset, Sample, lookup_table
+from softprep.datasets.base import IGNORE_INDEX, Dataset, Sample, lookup_table
 from softprep.errors import SoftprepError
 
 #: The 19 evaluation classes, index = train id, with the official colours.
@@ -44,13 +44,23 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
 _LABEL_ID_LUT = lookup_table(LABEL_ID_TO_TRAIN_ID)
-_TRAIN_ID_LUT = lookup_table({**{i: i for i in range(len(CLASSES))}, 255: 255})
+def _train_id_to_label_id() -> np.ndarray:
+    """``(256,) uint8``: each train id's official label id (the first one mapping to it); 0 elsewhere."""
+    table = np.zeros(256, dtype=np.uint8)
+    for label_id, train_id in sorted(LABEL_ID_TO_TRAIN_ID.items(), reverse=True):
+        if train_id != IGNORE_INDEX:
+            table[train_id] = label_id
+    return table
+
+
+_TRAIN_ID_LUT = lookup_table({**{i: i for i in range(len(CLASSES))}, IGNORE_INDEX: IGNORE_INDEX})
 
 
 class Cityscapes(Dataset):
     name = "cityscapes"
     classes = tuple(name for name, _ in CLASSES)
     palette = tuple(colour for _, colour in CLASSES)
+    train_id_to_label_id = _train_id_to_label_id()
 
     def has_split(self, split: str) -> bool:
         return (self.root / "leftImg8bit" / split).is_dir()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import StemPairedDataset, lookup_table
+from softprep.datasets.base import IGNORE_INDEX, StemPairedDataset, lookup_table
 from softprep.errors import SoftprepError
 from softprep.softlabel import MAX_CLASSES
 
@@ -41,7 +41,7 @@ def load_class_table(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int,
         entries = table["classes"]
         names = tuple(str(entry["name"]) for entry in entries)
         colours = tuple(tuple(int(v) for v in entry.get("color", (0, 0, 0))) for entry in entries)
-        mapping = {int(raw): 255 for raw in table.get("ignore", [255])}
+        mapping = {int(raw): IGNORE_INDEX for raw in table.get("ignore", [IGNORE_INDEX])}
         for train_id, entry in enumerate(entries):
             for raw in entry.get("values", [train_id]):
                 if int(raw) in mapping:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.datasets.base import StemPairedDataset, lookup_table
+from softprep.datasets.base import IGNORE_INDEX, StemPairedDataset, lookup_table
 from softprep.errors import SoftprepError
 
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
@@ -124,7 +124,7 @@ class MapillaryVistas(StemPairedDataset):
         evaluated = [i for i, label in enumerate(labels) if label["evaluate"]]
         self.classes = tuple(labels[i]["readable"] for i in evaluated)
         self.palette = tuple(tuple(labels[i]["color"]) for i in evaluated)
-        table = {raw: 255 for raw in range(len(labels))}
+        table = {raw: IGNORE_INDEX for raw in range(len(labels))}
         table.update({raw: train for train, raw in enumerate(evaluated)})
         self._lut = lookup_table(table)
 
