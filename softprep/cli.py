@@ -11,62 +11,14 @@ from tqdm import tqdm
 
 from softprep import __version__
 from softprep.errors import SoftprepError, printable
-from softprep.kernels import DEFAULT_KERNEL, KERNELS
+from softprep.kernels import DEFAULT_KERNEL
+from softprep.options import (LOCATION, SIZE, MultiValueGroup, dataset_choice, jobs_option, kernel_choice,
+                              parse_target_options, split_args, target_options)
 from softprep.build import DEFAULT_MAX_PIXELS
 from softprep.store import DEFAULT_SHARD_SIZE
 
 
-#: Options that take several values after one flag (``--scales 0.125 0.25 0.5``).
-MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels", "--short-side", "--fit")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def expand_multi_value_options(args: list[str]) -> list[str]:
-    """Rewrite ``--scales a b c`` as ``--scales a --scales b --scales c`` for click.
-
-    A negative number after such an option is a value (to be refused with a real message), not a flag.
-    """
-    out, option = [], None
-    for arg in args:
-        if arg in MULTI_VALUE_OPTIONS:
-            option = arg
-        elif option and (not arg.startswith("-") or _is_number(arg)):
-            out += [option, arg]
-            continue
-        else:
-            option = None
-            out.append(arg)
-    return out
-
-
-class OneLineErrors(click.Group):
-    """A click group that turns :class:`SoftprepError` into one line on stderr and exit status 1."""
-
-    prog = "softprep"
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except SoftprepError as error:
-            click.echo(f"{self.prog}: error: {printable(error)}", err=True)
-            sys.exit(1)
-
-
-class _Group(OneLineErrors):
-    """Also accept multi-value options (``--scales 0.125 0.25``)."""
-
-    def parse_args(self, ctx, args):
-        return super().parse_args(ctx, expand_multi_value_options(list(args)))
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MultiValueGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="softprep")
 def main():
     """Precompute paired colour images and soft labels for low-resolution segmentation training.
@@ -86,79 +38,30 @@ def main():
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder to write the dataset into.")
 @click.option("--train", default=20, show_default=True, help="Number of train images.")
 @click.option("--val", default=5, show_default=True, help="Number of val images.")
-@click.option("--size", default="512x1024", show_default=True, help="Image size HxW (full Cityscapes: 1024x2048).")
+@click.option("--size", default="512x1024", show_default=True, type=SIZE, help="Image size HxW (full Cityscapes: 1024x2048).")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed writes the same files.")
 def demo(out, train, val, size, seed):
     """Write a small synthetic street-scene dataset in the Cityscapes layout (label ids)."""
     from softprep.demo import make_demo
 
-    try:
-        h, w = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise SoftprepError(f"--size {size!r}: expected HxW, e.g. 512x1024") from None
+    h, w = size
     make_demo(out, train=train, val=val, size=(h, w), seed=seed)
     click.echo(f"wrote {train} train + {val} val images of {h}x{w} to {out}")
 
 
-def target_options(function):
-    """``--scales``, ``--short-side`` and ``--fit``: the resolution targets, parsed the same way everywhere."""
-    function = click.option("--fit", multiple=True, metavar="HxW",
-                            help="Fit inside this box keeping the ratio, e.g. --fit 512x1024 (upsamples smaller images).")(function)
-    function = click.option("--short-side", multiple=True, metavar="PX",
-                            help="Resize so the short side is PX pixels, e.g. --short-side 512 (upsamples smaller images).")(function)
-    return click.option("--scales", multiple=True, metavar="FACTOR",
-                        help="Scale factors, e.g. --scales 0.125 0.25 0.5 (output size floor(side * factor)).")(function)
-
-
-def parse_target_options(scales, short_side, fit) -> list:
-    """The targets of :func:`target_options` (one-line errors for bad values)."""
-    from softprep.plan import parse_targets
-
-    words = _split_args(scales, str) + [f"short{v}" for v in _split_args(short_side, str)]
-    words += [f"fit{v}" for v in _split_args(fit, str)]
-    return parse_targets(words)
-
-
-def _dataset_choice():
-    from softprep.datasets import DATASETS
-
-    return click.Choice(sorted(DATASETS))
-
-
-def _kernel_choice():
-    return click.Choice(KERNELS)
-
-
-class LocationType(click.ParamType):
-    """A local path, or an object-storage URL (``s3://bucket/key``, ``gs://...``) kept intact."""
-
-    name = "path|url"
-
-    def convert(self, value, param, ctx):
-        from softprep.location import location
-
-        try:
-            return location(value)
-        except SoftprepError as error:
-            self.fail(str(error), param, ctx)
-
-
-LOCATION = LocationType()
-
-
 @main.command()
-@click.option("--dataset", default="cityscapes", show_default=True, type=_dataset_choice(),
+@click.option("--dataset", default="cityscapes", show_default=True, type=dataset_choice(),
               help="Dataset adapter: the folder layout and label table (folder: your own, see README).")
 @click.option("--root", required=True, type=LOCATION, help="Dataset root folder (or s3://, gs:// URL).")
 @click.option("--out", required=True, type=LOCATION, help="Store to write: a .zarr folder (or s3://, gs:// URL).")
 @target_options
-@click.option("--kernel", default=DEFAULT_KERNEL, show_default=True, type=_kernel_choice(),
+@click.option("--kernel", default=DEFAULT_KERNEL, show_default=True, type=kernel_choice(),
               help="Resampling kernel, shared by colour and labels.")
-@click.option("--image-kernel", type=_kernel_choice(), default=None,
+@click.option("--image-kernel", type=kernel_choice(), default=None,
               help="Resample the colour images with another kernel than the labels (the paper's Table IV); default: --kernel.")
 @click.option("--antialias/--no-antialias", default=False, show_default=True, help="Widen bilinear/bicubic filters when downscaling (torch antialias=True).")
 @click.option("--splits", multiple=True, help="Splits to build (default: the labelled ones found, e.g. train and val).")
-@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
+@jobs_option()
 @click.option("--shard-size", default=DEFAULT_SHARD_SIZE, show_default=True, help="Most images per shard file (the resume unit); large images get fewer.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing store at --out and start again.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(min=1),
@@ -182,17 +85,12 @@ def build(dataset, root, out, scales, short_side, fit, kernel, image_kernel, ant
     adapter = get_dataset(dataset, root)
     bar, progress = _progress_bar("build")
     try:
-        result = run_build(adapter, out, targets, kernel, antialias, list(_split_args(splits, str)) or None,
+        result = run_build(adapter, out, targets, kernel, antialias, list(split_args(splits, str)) or None,
                            jobs, overwrite, shard_size, progress, max_pixels, note=lambda text: click.echo(text, err=True),
                            scheduler=scheduler, image_kernel=image_kernel, allow_upsampling=allow_upsampling)
     finally:
         bar.close()
     click.echo(f"{out}: {result['built']} images built, {result['skipped']} already done, {result['total']} in all; complete")
-
-
-def _split_args(values, kind=float):
-    """Accept both ``--scales 0.125 --scales 0.25`` and ``--scales "0.125 0.25"`` (or ``0.125,0.25``)."""
-    return [kind(v) for value in values for v in str(value).replace(",", " ").split()]
 
 
 @main.command()
@@ -222,10 +120,10 @@ def info(store, as_json, ids, split):
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG bar chart of D (needs matplotlib).")
 @click.option("--compare-kernels", multiple=True, help="Compute the table from --root for these kernels instead of a store, e.g. nearest bilinear area.")
 @click.option("--root", type=LOCATION, help="Dataset root (with --compare-kernels).")
-@click.option("--dataset", default="cityscapes", show_default=True, type=_dataset_choice(), help="Dataset adapter (with --compare-kernels).")
+@click.option("--dataset", default="cityscapes", show_default=True, type=dataset_choice(), help="Dataset adapter (with --compare-kernels).")
 @target_options
 @click.option("--antialias/--no-antialias", default=False, show_default=True, help="Antialiased bilinear/bicubic (with --compare-kernels).")
-@click.option("--jobs", "-j", type=int, default=None, help="Worker processes for --compare-kernels (default: all cores).")
+@jobs_option("Worker processes for --compare-kernels (default: all cores).")
 def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset, scales, short_side, fit, antialias, jobs):
     """Class-prior discrepancy D = p_original - p_d per class (paper eq. 5, Table V).
 
@@ -248,7 +146,7 @@ def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset
         adapter = get_dataset(dataset, root)
         bar, progress = _progress_bar("priors")
         with bar:
-            table = prior_api.compare_kernels(adapter, _split_args(compare_kernels, str), targets, split,
+            table = prior_api.compare_kernels(adapter, split_args(compare_kernels, str), targets, split,
                                               antialias, jobs, progress=progress)
     else:
         if store is None:
@@ -278,7 +176,7 @@ def _progress_bar(desc: str):
 @click.argument("store", type=LOCATION)
 @click.option("--split", default=None, help="Split to analyse (default: train, else the first).")
 @click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "json"]))
-@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
+@jobs_option()
 def stats(store, split, fmt, jobs):
     """Per target: multi-class pixel share, classes per pixel, entropy, NN/argmax disagreement,
     and per class the images where a class vanishes under NN (or soft) downsampling."""
@@ -313,7 +211,7 @@ def show(store, image_id, target, out, split, class_names, root):
 @main.command()
 @click.argument("store", type=LOCATION)
 @click.option("--root", type=LOCATION, help="Dataset root: also check full-resolution counts and valid fractions.")
-@click.option("--jobs", "-j", type=int, default=None, help="Worker processes (default: all cores).")
+@jobs_option()
 def verify(store, root, jobs):
     """Read every chunk (crc32c) and re-derive every recorded statistic.
 

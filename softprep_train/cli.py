@@ -12,13 +12,16 @@ from pathlib import Path
 import click
 import numpy as np
 
-from softprep.cli import LOCATION, OneLineErrors
 from softprep.errors import SoftprepError
+from softprep.options import LOCATION, SIZE, OneLineErrors, dataset_choice, device_option, no_verify_option, out_folder
+from softprep_train.config import TrainConfig, default
 
-try:  # the registry names --model's choices; without torch, entry() says what to install
+try:  # the registries name --model's and --loss's choices; without torch, entry() says what to install
+    from softprep_train.data import NN_SAMPLINGS
+    from softprep_train.losses import LOSSES
     from softprep_train.models import MODELS
 except ImportError:
-    MODELS = {}
+    MODELS, LOSSES, NN_SAMPLINGS = {}, {}, ("floor", "centre")
 
 
 class _Group(OneLineErrors):
@@ -36,16 +39,6 @@ def main():
     """
 
 
-def _size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SoftprepError(f"--crop {text!r}: expected HxW, e.g. 256x512") from None
-    return h, w
-
-
 def _class_weights(path: Path | None) -> list[float] | None:
     if path is None:
         return None
@@ -58,44 +51,46 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @main.command()
 @click.option("--store", required=True, type=LOCATION, help="softprep store to train from (a folder, or s3://, gs:// URL).")
 @click.option("--scale", required=True, help="Training target, a stored one: a factor (0.25) or a name (short512, fit512x1024).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder: logs, checkpoints.")
-@click.option("--model", default="hrnetv2_w48", show_default=True, type=click.Choice(list(MODELS)),
-              help="Registered model (hrnetv2_w48 is the paper's; hrnetv2_w18_small and deeplabv3plus_r18 suit a CPU).")
-@click.option("--loss", default="kl", show_default=True, type=click.Choice(["kl", "ce-nn"]), help="kl: soft labels; ce-nn: NN hard labels (baseline).")
-@click.option("--nn-sampling", default="floor", show_default=True, type=click.Choice(["floor", "centre"]),
+@out_folder("Run folder: logs, checkpoints.")
+@click.option("--model", default=default("model"), show_default=True, type=click.Choice(list(MODELS)),
+              help="Registered model (hrnetv2_w48 is the paper's; unet_small, hrnetv2_w18_small and deeplabv3plus_r18 suit a CPU).")
+@click.option("--loss", default=default("loss"), show_default=True, type=click.Choice(list(LOSSES)),
+              help="kl: soft labels; ce-nn: NN hard labels (baseline).")
+@click.option("--nn-sampling", default=default("nn_sampling"), show_default=True, type=click.Choice(NN_SAMPLINGS),
               help="ce-nn labels: floor = torch nearest (the stored NN map); centre = nearest-exact from the store's 1.0 target.")
-@click.option("--mc/--no-mc", default=True, show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
+@click.option("--mc/--no-mc", default=default("mc"), show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
 @click.option("--class-weights", type=click.Path(dir_okay=False, path_type=Path), help="JSON list of per-class loss weights.")
-@click.option("--split", default="train", show_default=True, help="Store split to train on.")
-@click.option("--crop", default=None, help="Crop HxW (default: the smallest stored size at --scale; every image's when all are equal).")
-@click.option("--batch-size", default=12, show_default=True, help="Images per step per process (global batch = this x processes).")
-@click.option("--iters", default=80000, show_default=True, help="Iterations (ignored with --epochs).")
-@click.option("--epochs", type=int, default=None, help="Train for this many epochs instead of --iters.")
-@click.option("--lr", default=0.01, show_default=True, help="Peak learning rate, then poly decay (power 0.9).")
-@click.option("--poly-power", default=0.9, show_default=True, help="Power of the poly learning-rate decay.")
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]), help="sgd (momentum 0.9) or adamw.")
-@click.option("--weight-decay", default=1e-4, show_default=True, help="Weight decay of the optimizer.")
-@click.option("--warmup-iters", default=0, show_default=True, help="Linear warm-up before the poly schedule.")
-@click.option("--amp", default="auto", show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="auto: bf16 on GPU, off on CPU.")
-@click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
-@click.option("--workers", default=2, show_default=True, help="DataLoader worker processes.")
-@click.option("--cache", is_flag=True, help="Keep decoded stored samples in memory (small datasets: faster steps).")
-@click.option("--densify", default="auto", show_default=True, type=click.Choice(["auto", "worker", "device"]),
+@click.option("--split", default=default("split"), show_default=True, help="Store split to train on.")
+@click.option("--crop", type=SIZE, default=None, help="Crop HxW (default: the smallest stored size at --scale; every image's when all are equal).")
+@click.option("--batch-size", default=default("batch_size"), show_default=True, help="Images per step per process (global batch = this x processes).")
+@click.option("--iters", default=default("iters"), show_default=True, help="Iterations (ignored with --epochs).")
+@click.option("--epochs", type=int, default=default("epochs"), help="Train for this many epochs instead of --iters.")
+@click.option("--lr", default=default("lr"), show_default=True, help="Peak learning rate, then poly decay.")
+@click.option("--poly-power", default=default("poly_power"), show_default=True, help="Power of the poly learning-rate decay.")
+@click.option("--optimizer", default=default("optimizer"), show_default=True, type=click.Choice(["sgd", "adamw"]),
+              help="sgd (momentum) or adamw.")
+@click.option("--momentum", default=default("momentum"), show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", default=default("weight_decay"), show_default=True, help="Weight decay of the optimizer.")
+@click.option("--warmup-iters", default=default("warmup_iters"), show_default=True, help="Linear warm-up before the poly schedule.")
+@click.option("--amp", default=default("amp"), show_default=True, type=click.Choice(["auto", "off", "bf16", "fp16"]), help="auto: bf16 on GPU, off on CPU.")
+@click.option("--clip-grad", type=float, default=default("clip_grad"), help="Clip the gradient norm to this value.")
+@click.option("--workers", default=default("workers"), show_default=True, help="DataLoader worker processes.")
+@click.option("--cache", is_flag=True, default=default("cache"), help="Keep decoded stored samples in memory (small datasets: faster steps).")
+@click.option("--densify", default=default("densify"), show_default=True, type=click.Choice(["auto", "worker", "device"]),
               help="Where sparse soft labels become dense: auto = device on GPU, worker on CPU.")
-@click.option("--log-every", default=10, show_default=True, help="Iterations between log lines (OUT/log.jsonl; stdout when piped).")
-@click.option("--checkpoint-every", default=1000, show_default=True, help="Iterations between checkpoints (OUT/last.pt; also at the end and on SIGINT/SIGTERM).")
-@click.option("--seed", default=0, show_default=True, help="Seed of initialisation, data order and augmentation.")
+@click.option("--log-every", default=default("log_every"), show_default=True, help="Iterations between log lines (OUT/log.jsonl; stdout when piped).")
+@click.option("--checkpoint-every", default=default("checkpoint_every"), show_default=True, help="Iterations between checkpoints (OUT/last.pt; also at the end and on SIGINT/SIGTERM).")
+@click.option("--seed", default=default("seed"), show_default=True, help="Seed of initialisation, data order and augmentation.")
 @click.option("--pretrained", type=click.Path(path_type=Path),
               help="Local ImageNet backbone weights: a state dict file, or for segformer a Hugging Face model folder (never downloaded).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@device_option
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (bit-identical on CPU).")
 @click.option("--overwrite", is_flag=True, help="Start again in an --out that already holds a run (its files are deleted).")
 @click.option("--stop-at", type=int, default=None, help="Stop after this iteration with a checkpoint (time-limited jobs); continue later with --resume.")
 def fit(**options):
     """Train a model on a store split at one target resolution."""
-    from softprep_train.train import TrainConfig, fit as run_fit
+    from softprep_train.train import fit as run_fit
 
-    options["crop"] = _size(options["crop"])
     options["class_weights"] = _class_weights(options["class_weights"])
     for key in ("store", "out", "pretrained"):
         options[key] = str(options[key]) if options[key] is not None else None
@@ -114,8 +109,8 @@ def fit(**options):
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root, when the store has no 1.0 target to read full-resolution labels from.")
 @click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]), help="Whole image or sliding window (crop size, 2/3 stride).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON report (default: next to the checkpoint).")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--no-verify", is_flag=True, help="Load a checkpoint without softprep's checksum trailer (foreign weights).")
+@device_option
+@no_verify_option
 def evaluate(checkpoint, store, split, root, mode, out, device, no_verify):
     """Full-resolution per-class IoU and mIoU (paper Table I layout)."""
     from softprep_train.evaluate import evaluate as run_eval, save_report
@@ -131,10 +126,10 @@ def evaluate(checkpoint, store, split, root, mode, out, device, no_verify):
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path))
 @click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder of .png/.jpg images (searched recursively).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the masks (the images' sub-folders are kept).")
+@out_folder("Folder for the masks (the images' sub-folders are kept).")
 @click.option("--mode", default="whole", show_default=True, type=click.Choice(["whole", "slide"]))
-@click.option("--device", default="auto", show_default=True)
-@click.option("--no-verify", is_flag=True, help="Load a checkpoint without softprep's checksum trailer (foreign weights).")
+@device_option
+@no_verify_option
 def predict(checkpoint, images, out, mode, device, no_verify):
     """Prediction masks per image, in the image's relative folder: <name>_pred.png (colour),
     <name>_trainIds.png and, for Cityscapes, <name>_labelIds.png (for cityscapesScripts)."""
@@ -146,9 +141,8 @@ def predict(checkpoint, images, out, mode, device, no_verify):
 
 @main.command()
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root (for camvid: SegNet's layout).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for stores, runs (checkpoints, commands, results) and the report; rerun to resume.")
-@click.option("--dataset", default="camvid", show_default=True, help="Dataset adapter of --root (any of softprep's, folder included).")
+@out_folder("Folder for stores, runs (checkpoints, commands, results) and the report; rerun to resume.")
+@click.option("--dataset", default="camvid", show_default=True, type=dataset_choice(), help="Dataset adapter of --root (folder: your own).")
 @click.option("--eval-split", default="val", show_default=True, help="Labelled split every run is scored on.")
 @click.option("--quick", is_flag=True, help="Every arm at 1/8, 2 seeds, 4 iterations each (under 2 minutes): a smoke test.")
 @click.option("--seeds", default=None, help="Comma-separated seeds for every scale (default: 0-4 at 1/8, 0-2 at 1/4).")

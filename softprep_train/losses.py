@@ -63,4 +63,8 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-LOSSES = ("kl", "ce-nn")
+#: The loss registry: name -> ``f(logits, batch, config, class_weights)``; ``fit --loss`` chooses from it.
+LOSSES = {
+    "kl": lambda logits, batch, config, weights: kl_loss(logits, batch["soft"], config.mc, weights),
+    "ce-nn": lambda logits, batch, config, weights: ce_nn_loss(logits, batch["nn"], weights),
+}

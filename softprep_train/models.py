@@ -165,14 +165,15 @@ class ModelSpec:
     family: str  # "hrnetv2" | "deeplabv3plus" | "segformer" | "unet"
     output_stride: int = 8
     widths: tuple[int, ...] = ()  # unet: channels per level
+    slow_on_cpu: bool = False  # fit says so before a long CPU run
 
 
 MODELS: dict[str, ModelSpec] = {
-    "hrnetv2_w48": ModelSpec("hrnet_w48", "hrnetv2"),
+    "hrnetv2_w48": ModelSpec("hrnet_w48", "hrnetv2", slow_on_cpu=True),
     "hrnetv2_w18_small": ModelSpec("hrnet_w18_small_v2", "hrnetv2"),
-    "deeplabv3plus_r101": ModelSpec("resnet101", "deeplabv3plus", 8),
-    "deeplabv3plus_r101_os16": ModelSpec("resnet101", "deeplabv3plus", 16),
-    "deeplabv3plus_r50": ModelSpec("resnet50", "deeplabv3plus", 8),
+    "deeplabv3plus_r101": ModelSpec("resnet101", "deeplabv3plus", 8, slow_on_cpu=True),
+    "deeplabv3plus_r101_os16": ModelSpec("resnet101", "deeplabv3plus", 16, slow_on_cpu=True),
+    "deeplabv3plus_r50": ModelSpec("resnet50", "deeplabv3plus", 8, slow_on_cpu=True),
     "deeplabv3plus_r18": ModelSpec("resnet18", "deeplabv3plus", 16),
     "segformer_b2": ModelSpec("mit_b2", "segformer", 32),
     "unet_small": ModelSpec("", "unet", 1, widths=(16, 32, 64, 128)),

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -32,49 +32,12 @@ from softprep.location import is_remote, location
 from softprep.store import open_store, store_lock
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
 from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
-from softprep_train.losses import ce_nn_loss, kl_loss
-from softprep_train.models import build_model
+from softprep_train.config import TrainConfig
+from softprep_train.losses import LOSSES
+from softprep_train.models import MODELS, build_model
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; saved in every checkpoint."""
-
-    store: str
-    scale: str  # the training target: a stored factor ("0.25") or name ("short512")
-    out: str
-    model: str = "hrnetv2_w48"
-    loss: str = "kl"  # "kl" | "ce-nn"
-    nn_sampling: str = "floor"  # ce-nn labels: "floor" (torch nearest, the stored NN map) | "centre" (nearest-exact from full resolution)
-    mc: bool = True  # KL over multi-class pixels too (Table III)
-    class_weights: list[float] | None = None
-    split: str = "train"
-    crop: tuple[int, int] | None = None  # (h, w); default: the split's smallest stored size at --scale
-    batch_size: int = 12
-    iters: int = 80000
-    epochs: int | None = None  # overrides iters when set
-    lr: float = 0.01
-    optimizer: str = "sgd"  # "sgd" (momentum) | "adamw"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    warmup_iters: int = 0
-    amp: str = "auto"  # "auto" (bf16 on GPU, off on CPU) | "off" | "bf16" | "fp16"
-    clip_grad: float | None = None
-    workers: int = 2
-    cache: bool = False  # keep every decoded stored sample in memory (small datasets: the read stops dominating)
-    densify: str = "auto"  # "auto" (device on GPU, worker on CPU) | "worker" | "device"
-    log_every: int = 10
-    checkpoint_every: int = 1000
-    seed: int = 0
-    pretrained: str | None = None
-    device: str = "auto"
-    resume: bool = False
-    overwrite: bool = False  # start again in an --out that holds a run
-    stop_at: int | None = None  # stop (with a checkpoint) after this iteration, as if interrupted
 
 
 def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
@@ -111,8 +74,6 @@ OPTIMIZERS = {
 }
 #: Files a run writes into its --out.
 RUN_FILES = ("last.pt", "log.jsonl", "summary.json")
-#: Models too slow to train on a CPU without a word.
-SLOW_ON_CPU = ("hrnetv2_w48", "deeplabv3plus_r101", "deeplabv3plus_r101_os16", "deeplabv3plus_r50")
 
 
 def _check_same_run(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -214,8 +175,9 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     view = store.samples(config.split, config.scale)
     crop = tuple(config.crop) if config.crop else tuple(int(v) for v in view.sizes.min(axis=0))
     densify = config.densify if config.densify != "auto" else ("device" if device.type == "cuda" else "worker")
-    if config.optimizer not in OPTIMIZERS:
-        raise SoftprepError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    for value, registry, what in ((config.optimizer, OPTIMIZERS, "optimizer"), (config.loss, LOSSES, "loss")):
+        if value not in registry:
+            raise SoftprepError(f"unknown {what} {value!r}; choose one of {', '.join(registry)}")
     dataset = StoreDataset(config.store, config.split, config.scale, Augment(crop), densify, cache=config.cache,
                            nn_sampling=config.nn_sampling)
     batches_per_epoch = TrainSampler(dataset, config.batch_size, config.seed, 0, rank, world_size).batches_per_epoch()
@@ -266,7 +228,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     piped = progress and rank == 0 and not sys.stdout.isatty()  # a plain line per log window instead of a bar
     if progress and rank == 0:
         note = " (slow on a CPU: try --model hrnetv2_w18_small or fewer --iters)" if (
-            device.type == "cpu" and config.model in SLOW_ON_CPU and total - iteration > 1000) else ""
+            device.type == "cpu" and MODELS[config.model].slow_on_cpu and total - iteration > 1000) else ""
         loaded = getattr(model.backbone, "pretrained_tensors", None)
         weights = f"pretrained {loaded[0]}/{loaded[1]} backbone tensors from {config.pretrained}" if loaded else "random init"
         print(f"fit: {config.model} ({weights}) on {device}, iterations {iteration} -> {total}, batch {config.batch_size} "
@@ -292,10 +254,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = trained(normalise(batch["image"]))
-            if config.loss == "kl":
-                loss = kl_loss(logits, batch["soft"], config.mc, class_weights)
-            else:
-                loss = ce_nn_loss(logits, batch["nn"], class_weights)
+            loss = LOSSES[config.loss](logits, batch, config, class_weights)
             if not torch.isfinite(loss):
                 raise SoftprepError(f"loss is {loss.item()} at iteration {iteration} (lr {lr:.3g}); lower --lr, add "
                                     f"--clip-grad or --warmup-iters; the last good checkpoint is {last}")
