@@ -13,7 +13,7 @@ Each figure is printed beside its target (issue 11) and its baseline:
 Data: the real Cityscapes frames in ../shared/fixtures when present (25 MP frames are 4x3
 mosaics of them), else demo scenes of the same sizes.
 
-    python benchmarks/bench_build.py [--kernel area] [--json FILE] [--readme README.md] [--quick]
+    python benchmarks/bench_build.py [--kernel area] [--json FILE] [--readme docs/performance.md] [--quick]
 """
 
 from __future__ import annotations

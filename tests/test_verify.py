@@ -3,6 +3,8 @@ an unfinished image and a changed label file are each named on one line, with ex
 
 from __future__ import annotations
 
+import re
+
 import shutil
 import subprocess
 import sys
@@ -56,7 +58,10 @@ def test_sound_store_passes(sound_store, demo_root):
     assert verify(sound_store, jobs=1) == []
     assert verify(sound_store, root=demo_root, jobs=2) == []
     result = _cli(sound_store, "--root", demo_root)
-    assert result.returncode == 0 and result.stdout.strip().endswith(": ok")
+    assert result.returncode == 0, result.stdout
+    n = sum(len(ids) for ids in (open_store(sound_store).spec.splits[s].ids for s in open_store(sound_store).splits))
+    assert re.search(rf": ok \({n} images x \d+ targets, \d+ chunk files: every chunk's crc32c, every recorded statistic, "
+                     r"the full-resolution labels\)$", result.stdout.strip()), result.stdout
 
 
 def test_one_flipped_byte_is_named(store):
