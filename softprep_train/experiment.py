@@ -287,8 +287,11 @@ def recorded(settings: Settings, stores: dict[str, Path], scale: str, arm: str, 
     return result if saved == config and result.get("eval_split") == settings.eval_split else None
 
 
-def run_experiment(settings: Settings, log: Callable[[str], None] = print) -> dict:
-    """Build the stores, train every run not yet recorded (``settings.jobs`` at a time), write the report."""
+def run_experiment(settings: Settings, log: Callable[[str], None] = print, report_only: bool = False) -> dict:
+    """Build the stores, train every run not yet recorded (``settings.jobs`` at a time), write the report.
+
+    ``report_only``: train nothing; report the runs recorded so far (a long experiment's interim report).
+    """
     from joblib import Parallel, delayed
 
     from softprep_train.experiment_report import write_report
@@ -300,7 +303,7 @@ def run_experiment(settings: Settings, log: Callable[[str], None] = print) -> di
     stores = build_stores(settings, log)
     runs = settings.runs()
     results = {run: r for run in runs if (r := recorded(settings, stores, *run)) is not None}
-    todo = [run for run in runs if run not in results]
+    todo = [] if report_only else [run for run in runs if run not in results]
     log(f"runs: {len(runs)} planned, {len(results)} already recorded, {len(todo)} to train ({settings.jobs} at a time)")
     if todo:
         jobs = max(1, min(settings.jobs, len(todo)))
@@ -315,8 +318,8 @@ def run_experiment(settings: Settings, log: Callable[[str], None] = print) -> di
             log(f"{result['arm']:<13} {result['scale']:>5} seed {result['seed']}: mIoU {100 * result['miou']:.1f} "
                 f"({result['seconds'] / 60:.1f} min); {len(done_seconds)}/{len(todo)} done, about {eta / 60:.0f} min left")
     log("report: statistics and pictures ...")
-    report = write_report(settings, stores, [results[run] for run in runs], time.perf_counter() - started,
-                          command=_invocation())
+    report = write_report(settings, stores, [results[run] for run in runs if run in results],
+                          time.perf_counter() - started, command=_invocation(), planned=len(runs))
     log(f"report: {out / 'report.md'}")
     return report
 

@@ -59,6 +59,8 @@ def comparisons(settings: Settings, results: list[dict], classes: list[str], thi
                 continue
             seeds = sorted({r["seed"] for r in results if r["scale"] == name and r["arm"] == a}
                            & {r["seed"] for r in results if r["scale"] == name and r["arm"] == b})
+            if len(seeds) < 2:  # nothing to pair yet (an interim report)
+                continue
             score_a, conf_a = _arrays(results, name, a, seeds)
             score_b, conf_b = _arrays(results, name, b, seeds)
             label = target_label(name)
@@ -114,7 +116,8 @@ def convergence(settings: Settings, summary: dict, classes: list[str], thin: lis
             "gain_last_20pct": gain, "converged": gain < CONVERGED_BELOW, "thin_learned": learned}
 
 
-def write_report(settings: Settings, stores: dict, results: list[dict], seconds: float, command: str = "") -> dict:
+def write_report(settings: Settings, stores: dict, results: list[dict], seconds: float, command: str = "",
+                 planned: int | None = None) -> dict:
     out = Path(settings.out)
     area = open_store(stores[COLOUR_KERNEL])
     classes = area.classes
@@ -123,6 +126,7 @@ def write_report(settings: Settings, stores: dict, results: list[dict], seconds:
     primary, secondary = comparisons(settings, results, classes, thin)
     report = {
         "command": command, "machine": machine(), "minutes_this_invocation": seconds / 60,
+        "runs_planned": planned if planned is not None else len(results), "runs_recorded": len(results),
         "cpu_minutes_of_runs": sum(r["seconds"] for r in results) / 60,
         "settings": {k: v for k, v in vars(settings).items()}, "classes": classes, "thin_classes": thin,
         "arms": {name: arm.about for name, arm in ARMS.items()},
@@ -297,9 +301,13 @@ def markdown(report: dict, primary: list[Comparison], secondary: list[Comparison
     conv = report["convergence"]
     schedule = ", ".join(f"{target_label(parse_target(k).name)}: {v} epochs, seeds {', '.join(map(str, s['seeds'][k]))}, "
                          f"arms {', '.join(s['arms'][k])}" for k, v in s["epochs"].items() if k in s["arms"])
+    interim = report["runs_recorded"] < report["runs_planned"]
     lines = [
         f"# {s['dataset']}: soft labels against nearest neighbour ({s['model']}, from scratch, paired seeds)",
         "",
+        *([f"**Interim report: {report['runs_recorded']} of {report['runs_planned']} runs recorded.** Rerun the same "
+           "command to train the rest (recorded runs are kept); every figure below covers the recorded runs only.", ""]
+          if interim else []),
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}.  ",
         f"Compute: {report['cpu_minutes_of_runs']:.0f} CPU-minutes of training and evaluation in "
