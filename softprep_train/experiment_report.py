@@ -227,7 +227,7 @@ def predictions(settings: Settings, stores: dict, classes: list[str], thin: list
     seed = settings.seeds[settings.scales[0]][0]
     checkpoints = {a: Path(settings.out) / "runs" / run_name(settings.scales[0], a, seed) / "last.pt" for a in arms}
     if plt is None or not all(p.is_file() for p in checkpoints.values()):
-        return None
+        return path if path.is_file() else None  # checkpoints stay local: keep the figure drawn where they were
     store = open_store(stores[COLOUR_KERNEL])
     palette = np.array(store.spec.palette, dtype=np.uint8)
     full, small = store.samples(settings.eval_split, FULL), store.samples(settings.eval_split, scale)
