@@ -20,10 +20,10 @@ def describe(path: str | Path) -> dict:
     images done, size buckets, smallest and largest output size ``[h, w]``, weight exactness and
     bytes on disk of soft labels, images and NN maps."""
     store = open_store(path)
-    a = store.attrs
-    out = {"path": str(store.path), "complete": store.complete, "format_version": a["format_version"],
-           "dataset": a["dataset"], "classes": store.classes, "ignore_index": a["ignore_index"], "kernel": a["kernel"],
-           "antialias": a["antialias"], "targets": store.targets, "splits": {}}
+    spec = store.spec
+    out = {"path": str(store.path), "complete": store.complete, "format_version": store.format_version,
+           "dataset": spec.dataset, "classes": spec.classes, "ignore_index": spec.ignore_index, "kernel": spec.kernel,
+           "antialias": spec.antialias, "targets": spec.targets, "splits": {}}
     for split in store.splits:
         done = store.done(split)
         members = store.spec.splits[split].members

@@ -143,7 +143,7 @@ def store_priors(store: Store, split: str | None = None) -> PriorTable:
     if not store.done(split).all():
         raise SoftprepError(f"{store.path}: split {split!r} is not completely built; rerun `softprep build` to finish it")
     counts = store.counts(split).sum(axis=0)
-    kernel = strategy_name(store.attrs["kernel"], store.attrs["antialias"])
+    kernel = strategy_name(store.spec.kernel, store.spec.antialias)
     full_sizes = store.spec.splits[split].sizes
     rows = []
     for target in store.targets:

@@ -68,7 +68,7 @@ def render_sample(store: Store, image_id: str, target, split: str | None = None,
     if image_id not in view.ids:
         raise SoftprepError(f"{store.path}: no image {image_id!r} in split {split!r} (ids look like {view.ids[0]!r})")
     sample = view[image_id]
-    palette = np.asarray(store.attrs["palette"], dtype=np.uint8)
+    palette = np.asarray(store.spec.palette, dtype=np.uint8)
     names = store.classes
     dense = sample.soft()
     chosen = [_class_index(names, name) for name in classes] if classes else most_mixed_classes(dense, DEFAULT_CLASS_PANELS)
@@ -76,12 +76,12 @@ def render_sample(store: Store, image_id: str, target, split: str | None = None,
     h, w = sample.shape
     panels = [(f"colour {w}x{h}", sample.image)]
     if root is not None:
-        dataset = get_dataset(store.attrs["dataset"], root)
+        dataset = get_dataset(store.spec.dataset, root)
         label = dataset.read_label(stored_sample(dataset, store.spec.splits[split], sample.index))
         panels.append((f"labels, full resolution {full_size[1]}x{full_size[0]}", colourise(label, palette)))
     panels += [
         (f"nearest-neighbour labels {w}x{h}", colourise(sample.nn(), palette)),
-        (f"soft label ({store.attrs['kernel']}), colour mix", soft_colour_mix(dense, palette)),
+        (f"soft label ({store.spec.kernel}), colour mix", soft_colour_mix(dense, palette)),
     ]
     panels += [(f"soft weight: {names[c]}", weight_map(dense, c, palette[c])) for c in chosen]
     return _grid(panels, display_size(full_size))

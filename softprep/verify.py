@@ -45,7 +45,7 @@ def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = 
     problems = [] if store.complete else [f"{store.path}: build not finished (rerun the same `softprep build`)"]
     problems += _check_attributes(store)
     if root is not None:
-        get_dataset(store.attrs["dataset"], root)  # a clear error now, not one per image
+        get_dataset(store.spec.dataset, root)  # a clear error now, not one per image
     total = sum(len(store.spec.splits[s].ids) for s in store.splits)
     tasks = []
     for split in store.splits:
@@ -61,7 +61,7 @@ def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = 
 
 def _check_attributes(store: Store) -> list[str]:
     """The attributes (classes, ids, paths, sizes, targets, ...) are those the build finished with."""
-    recorded = store.attrs.get("attrs_sha256")
+    recorded = store.recorded_digest
     if not store.complete or recorded is None:
         return []
     try:
@@ -114,7 +114,7 @@ def check_images(store_path: str, split: str, indices: range, root: str | Path |
     """Problems of images ``indices`` of a split at every target, and how many images were checked."""
     store = open_store(store_path)
     done = store.done(split)
-    dataset = get_dataset(store.attrs["dataset"], root) if root is not None else None
+    dataset = get_dataset(store.spec.dataset, root) if root is not None else None
     views = []
     for target in store.targets:
         try:

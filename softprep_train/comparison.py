@@ -143,9 +143,8 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        low, high = self.t_corrected.low, self.t_corrected.high
         boot_low, boot_high = self.bootstrap_corrected
-        if self.seeds < 2 or np.isnan(low):
+        if self.seeds < 2 or np.isnan(self.t_corrected.low):
             return "not judged (fewer than 2 paired seeds)"
         if self.holm.real and (boot_low > 0 or boot_high < 0):
             return f"real: {self.b} {'better' if self.t.mean > 0 else 'worse'} than {self.a}"

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from softprep.errors import SoftprepError
-from softprep.softlabel import IGNORE_INDEX
+from softprep.softlabel import IGNORE_INDEX, SoftLabel
 from softprep.kernels import AxisWeights
 from softprep.plan import parse_target, plan_for_size
 from softprep.store import open_store
@@ -187,9 +187,9 @@ class StoreDataset(Dataset):
         self.cache, self.nn_sampling, self._cached = cache, nn_sampling, {}
         self.store_path, self.split, self.target = str(store_path), split, parse_target(target).name
         self.augment, self.densify = augment, densify
-        self.kernel, self.antialias = store.attrs["kernel"], store.attrs["antialias"]
-        self.image_kernel = store.spec.colour_kernel
-        self.num_classes = len(store.classes)
+        spec = store.spec
+        self.kernel, self.antialias, self.image_kernel = spec.kernel, spec.antialias, spec.colour_kernel
+        self.num_classes = spec.num_classes
         self.ids = store.spec.splits[split].ids
         #: ``{target: (N, 2) int}`` stored size of every image at every target (the sources to read from).
         self.sizes = {t: store.samples(split, t).sizes for t in store.targets}
@@ -265,7 +265,7 @@ class StoreDataset(Dataset):
             "index": index, "num_classes": self.num_classes,
         }
 
-    def stored(self, target: str, index: int) -> tuple[np.ndarray, "SoftLabel", np.ndarray]:
+    def stored(self, target: str, index: int) -> tuple[np.ndarray, SoftLabel, np.ndarray]:
         """Image ``index`` as stored at ``target``: colour ``(h, w, 3) uint8``, the sparse soft label,
         NN map ``(h, w) uint8``; from memory when cached."""
         return self._remember((target, index), lambda sample: (np.ascontiguousarray(sample.image), sample.soft_label(),

@@ -116,7 +116,7 @@ def full_resolution_labels(store: Store, split: str, root: str | Path | None):
     if root is None:
         raise SoftprepError(f"{store.path}: has no target 1.0 to read full-resolution labels from; pass --root DATA "
                             "(the dataset folder) or build the store with --scales ... 1.0")
-    dataset = get_dataset(store.attrs["dataset"], root)
+    dataset = get_dataset(store.spec.dataset, root)
     spec = store.spec.splits[split]
     return lambda i: dataset.read_label(stored_sample(dataset, spec, i))
 
@@ -169,7 +169,7 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val",
     labels = full_resolution_labels(store, split, root)
     pairs = ((view[i].image, labels(i)) for i in tqdm(range(len(view)), desc="eval", unit="img",
                                                        disable=None if progress else True))
-    per_image = image_confusions(model, pairs, len(store.classes), mode, tuple(state["crop"]), device, batch_size=1)
+    per_image = image_confusions(model, pairs, store.spec.num_classes, mode, tuple(state["crop"]), device, batch_size=1)
     return Report(store.classes, per_image.sum(0), state["config"]["model"], target, per_image)
 
 

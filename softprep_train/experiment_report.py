@@ -18,7 +18,7 @@ import numpy as np
 from softprep.plan import parse_target
 from softprep.priors import render, store_priors, target_label
 from softprep.store import open_store
-from softprep_train.comparison import Comparison, PairInput, compare_family, iou_from_confusion, miou_from_confusion
+from softprep_train.comparison import Comparison, PairInput, compare_family, iou_from_confusion
 from softprep_train.experiment import ARMS, COLOUR_KERNEL, COMPARISONS, FULL, THIN_CLASSES, Settings, run_name
 
 #: The convergence bar of the protocol: the NN arm's gain over the last 20% of epochs, in mIoU points.

@@ -166,7 +166,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     spec = store.spec
     if not store.complete:
         raise SoftprepError(f"{config.store}: store is not completely built; finish it with `softprep build` first")
-    num_classes = len(store.classes)
+    num_classes = spec.num_classes
     if config.class_weights is not None and len(config.class_weights) != num_classes:
         raise SoftprepError(f"--class-weights has {len(config.class_weights)} values; the store has {num_classes} classes "
                             f"({', '.join(store.classes[:4])}, ...): give one weight per class")

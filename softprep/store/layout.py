@@ -1,0 +1,173 @@
+"""The store's layout (no zarr calls): format constants, size buckets, the typed spec of a store
+(:class:`StoreSpec`, what two equal builds share), its per-bucket array layout and the shard tasks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+from softprep.plan import ResamplingPlan, parse_target, resampling_plan
+from softprep.softlabel import weight_dtype
+
+FORMAT = "softprep-store"
+FORMAT_VERSION = 3
+ZSTD_LEVEL = 3
+#: Colour images compress little better at level 3 than at 1 and take 2.4x as long to
+#: (measured on real Cityscapes frames: 1.84 vs 2.08 bytes per pixel, 22 vs 9 ms per 512x1024).
+IMAGE_ZSTD_LEVEL = 1
+#: Most images per shard file (the resume unit).
+DEFAULT_SHARD_SIZE = 8
+#: Size-bucket grid: steps per octave of each side (2**(1/4): at most ~1.19x padding a side).
+BUCKET_STEPS_PER_OCTAVE = 4
+#: Output pixels (all targets summed) one shard may hold: bounds a worker's memory, since a worker
+#: keeps one shard's results until it writes them (24 MP images get one image per shard).
+SHARD_PIXEL_BUDGET = 6_000_000
+#: The bucket arrays that hold a soft label (the rest: ``image``, ``nn``).
+SOFT_LABEL_ARRAYS = ("classes", "mixed_classes", "mixed_weights")
+#: Entries per chunk of the mixed-pixel lists (all slots of an entry in one chunk): 1/16 of the
+#: bucket's pixels, at least 4096. A few percent of pixels are mixed, so an image's ``M`` entries
+#: mostly fit the first chunk, and the shard index holds only 16 entries per image.
+LIST_CHUNK_SHARE, LIST_CHUNK_MIN = 16, 4_096
+#: Images per chunk of the per-image record arrays.
+RECORD_CHUNK = 1024
+
+
+def target_name(target) -> str:
+    """Group name of a target: ``0.125 -> "0.125"``, ``"short512" -> "short512"``."""
+    return parse_target(target).name
+
+
+def _grid(side: int) -> int:
+    """Smallest value ``ceil(2**(k / steps))`` that is >= ``side``."""
+    k = math.ceil(BUCKET_STEPS_PER_OCTAVE * math.log2(max(side, 1)))
+    while math.ceil(2 ** (k / BUCKET_STEPS_PER_OCTAVE)) < side:
+        k += 1
+    return math.ceil(2 ** (k / BUCKET_STEPS_PER_OCTAVE))
+
+
+def bucket_of(height: int, width: int) -> str:
+    """Size bucket of a full-resolution ``(H, W)``: ``"{H_max}x{W_max}"`` of the grid cell it falls in."""
+    return f"{_grid(height)}x{_grid(width)}"
+
+
+@dataclass
+class SplitSpec:
+    """The images of one split. ``sizes`` are full-resolution ``[H, W]``; paths are relative to the root."""
+
+    ids: list[str]
+    images: list[str]
+    labels: list[str]
+    sizes: list[list[int]]
+
+    @cached_property
+    def buckets(self) -> list[str]:
+        """Size bucket of each image."""
+        return [bucket_of(h, w) for h, w in self.sizes]
+
+    @cached_property
+    def members(self) -> dict[str, list[int]]:
+        """Image indices of each bucket, in split order (position in the bucket = position in this list)."""
+        out: dict[str, list[int]] = {}
+        for i, bucket in enumerate(self.buckets):
+            out.setdefault(bucket, []).append(i)
+        return out
+
+    @cached_property
+    def positions(self) -> list[int]:
+        """Position of each image within its bucket."""
+        out = [0] * len(self.ids)
+        for indices in self.members.values():
+            for position, i in enumerate(indices):
+                out[i] = position
+        return out
+
+    def attrs(self) -> dict:
+        return {**asdict(self), "buckets": self.buckets}
+
+
+@dataclass(frozen=True)
+class BucketLayout:
+    """Arrays of one bucket at one target: ``shape (Hb, Wb)``, ``planes`` K, weight dtype, exactness."""
+
+    shape: tuple[int, int]
+    planes: int
+    exact: bool
+    weights_dtype: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One shard of work: images ``indices`` (split order) at bucket positions ``start ..``."""
+
+    split: str
+    bucket: str
+    start: int
+    indices: tuple[int, ...]
+
+
+@dataclass
+class StoreSpec:
+    """Everything that defines a store's content; two builds with equal specs write equal stores."""
+
+    dataset: str
+    classes: list[str]
+    palette: list[list[int]]
+    ignore_index: int
+    kernel: str
+    antialias: bool
+    targets: list[str]
+    shard_size: int
+    splits: dict[str, SplitSpec] = field(default_factory=dict)
+    #: Kernel of the colour images when it differs from the labels' ``kernel`` (the paper's Table IV).
+    image_kernel: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def colour_kernel(self) -> str:
+        """The kernel that resamples the colour images: ``image_kernel``, else ``kernel``."""
+        return self.image_kernel or self.kernel
+
+    def root_attrs(self, complete: bool) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self.dataset,
+            "classes": self.classes, "palette": self.palette, "ignore_index": self.ignore_index,
+            "kernel": self.kernel, "image_kernel": self.colour_kernel, "antialias": self.antialias, "targets": self.targets,
+            "splits": list(self.splits), "shard_size": self.shard_size, "complete": complete,
+        }
+
+    def plan(self, split: str, index: int, target) -> ResamplingPlan:
+        """The resampling plan of image ``index`` of ``split`` at ``target`` (the labels' kernel)."""
+        return resampling_plan(self.kernel, self.antialias, tuple(self.splits[split].sizes[index]), target)
+
+    def image_plan(self, split: str, index: int, target) -> ResamplingPlan:
+        """The plan of the colour image: :meth:`plan` with :attr:`colour_kernel` (the same output size)."""
+        return resampling_plan(self.colour_kernel, self.antialias, tuple(self.splits[split].sizes[index]), target)
+
+    def bucket_layout(self, split: str, bucket: str, target) -> BucketLayout:
+        """Shape, slot count and weight encoding of a bucket's arrays at ``target``."""
+        plans = [self.plan(split, i, target) for i in self.splits[split].members[bucket]]
+        shape = (max(p.size[0] for p in plans), max(p.size[1] for p in plans))
+        denominators = [p.denominator for p in plans]
+        exact = None not in denominators
+        dtype = weight_dtype(max(denominators) if exact else None)
+        return BucketLayout(shape, max(p.max_classes(self.num_classes) for p in plans), exact, dtype.name)
+
+    def shard_images(self, split: str, bucket: str) -> int:
+        """Images per shard of a bucket: ``shard_size``, fewer where their outputs exceed the pixel budget."""
+        first = self.splits[split].members[bucket][0]
+        h, w = self.splits[split].sizes[first]
+        cell = (_grid(h), _grid(w))
+        pixels = sum(math.prod(parse_target(t).output_size(*cell)) for t in self.targets)
+        return max(1, min(self.shard_size, SHARD_PIXEL_BUDGET // max(pixels, 1)))
+
+    def tasks(self, split: str) -> list[Task]:
+        """The shards of a split, bucket by bucket."""
+        out = []
+        for bucket, indices in self.splits[split].members.items():
+            step = self.shard_images(split, bucket)
+            out += [Task(split, bucket, start, tuple(indices[start:start + step])) for start in range(0, len(indices), step)]
+        return out
