@@ -108,6 +108,12 @@ def parse_target(text: str | float | Target) -> Target:
     return Target("scale", factor)
 
 
+def target_name(target) -> str:
+    """Canonical name of a target given in any form: ``0.125 -> "0.125"``, ``"1/8" -> "0.125"``,
+    ``"short512" -> "short512"`` (also the store's group name)."""
+    return parse_target(target).name
+
+
 def parse_targets(values) -> list[Target]:
     """Targets from CLI words (``"0.125 0.25"``, ``"0.125,0.25"`` or several words), sorted and unique.
 

@@ -33,7 +33,7 @@ from softprep.datasets import Dataset, Sample
 from softprep.errors import SoftprepError, printable
 from softprep.kernels import KERNELS
 from softprep.parallel import batches, run_tasks
-from softprep.plan import Target, parse_target, parse_targets, resampling_plan
+from softprep.plan import Target, parse_target, target_name, parse_targets, resampling_plan
 from softprep.resample import prepare_label, soft_label
 from softprep.store import Store
 
@@ -127,7 +127,7 @@ def prior_row(strategy: str, target: str, counts: Sequence[int], mass: ClassMass
     prior = mass.shares()
     exact = mass.exact
     discrepancy = [o - p if exact else float(o) - float(p) for o, p in zip(original, prior)]
-    return PriorRow(strategy, parse_target(target).name, exact, prior, discrepancy)
+    return PriorRow(strategy, target_name(target), exact, prior, discrepancy)
 
 
 def strategy_name(kernel: str, antialias: bool) -> str:

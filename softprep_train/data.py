@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from softprep.errors import SoftprepError
 from softprep.softlabel import IGNORE_INDEX, SoftLabel
 from softprep.kernels import AxisWeights
-from softprep.plan import parse_target, plan_for_size
+from softprep.plan import target_name, plan_for_size
 from softprep.store import open_store
 
 IGNORE = IGNORE_INDEX  # the ignore value of hard labels and crop padding
@@ -185,7 +185,7 @@ class StoreDataset(Dataset):
             raise SoftprepError(f"{store_path}: centred NN labels are sampled from the full-resolution labels, and the "
                                 f"store has no target {FULL_RESOLUTION}; rebuild it with --scales ... 1.0")
         self.cache, self.nn_sampling, self._cached = cache, nn_sampling, {}
-        self.store_path, self.split, self.target = str(store_path), split, parse_target(target).name
+        self.store_path, self.split, self.target = str(store_path), split, target_name(target)
         self.augment, self.densify = augment, densify
         spec = store.spec
         self.kernel, self.antialias, self.image_kernel = spec.kernel, spec.antialias, spec.colour_kernel

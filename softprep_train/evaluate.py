@@ -21,7 +21,7 @@ from tqdm import tqdm
 from softprep.build import stored_sample
 from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
-from softprep.plan import parse_target
+from softprep.plan import target_name
 from softprep.store import Store, open_store
 from softprep_train.data import IGNORE
 from softprep_train.checkpoint import load_checkpoint_state
@@ -161,7 +161,7 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val",
     """Full-resolution confusion matrices (per image and summed) and IoU of a checkpoint on a split of a store."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model, state = load_checkpoint(checkpoint, device, verify)
-    target = parse_target(state["config"]["scale"]).name
+    target = target_name(state["config"]["scale"])
     store = open_store(store_path)
     if store.classes != state["classes"]:
         raise SoftprepError(f"{store_path}: classes differ from the checkpoint's; evaluate on a store of the same dataset")

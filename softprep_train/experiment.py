@@ -39,7 +39,7 @@ from softprep.build import build
 from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
 from softprep.parallel import die_with_parent
-from softprep.plan import parse_target
+from softprep.plan import target_name
 from softprep.store import open_store
 
 #: The colour kernel of every arm's store (identical colour images across arms).
@@ -123,9 +123,9 @@ class Settings:
         """Targets a store needs: every scale its arms train at, twice each (no enlarging), and 1.0
         in the area store (centred NN labels, full-resolution evaluation labels)."""
         scales = [s for s in self.scales if any(ARMS[a].kernel == kernel for a in self.arms[s])]
-        targets = {parse_target(s).name for s in scales} | {parse_target(min(1.0, 2 * float(s))).name for s in scales}
+        targets = {target_name(s) for s in scales} | {target_name(min(1.0, 2 * float(s))) for s in scales}
         if kernel == COLOUR_KERNEL:
-            targets |= {FULL} | {parse_target(s).name for s in self.scales}
+            targets |= {FULL} | {target_name(s) for s in self.scales}
         return sorted(targets, key=float)
 
 
@@ -176,7 +176,7 @@ def _check_same_colour(stores: dict[str, Path], settings: Settings) -> None:
 
 
 def run_name(scale: str, arm: str, seed: int) -> str:
-    return f"{arm}-{parse_target(scale).name}-s{seed}"
+    return f"{arm}-{target_name(scale)}-s{seed}"
 
 
 def train_config(settings: Settings, stores: dict[str, Path], scale: str, arm_name: str, seed: int):
@@ -185,7 +185,7 @@ def train_config(settings: Settings, stores: dict[str, Path], scale: str, arm_na
 
     arm = ARMS[arm_name]
     epochs = None if settings.iters else settings.epochs[scale]
-    return TrainConfig(store=str(Path(stores[arm.kernel]).resolve()), scale=parse_target(scale).name,
+    return TrainConfig(store=str(Path(stores[arm.kernel]).resolve()), scale=target_name(scale),
                        out=str(Path(settings.out, "runs", run_name(scale, arm_name, seed)).resolve()),
                        model=settings.model, loss=arm.loss, mc=arm.mc, nn_sampling=arm.nn_sampling,
                        split=settings.train_split, batch_size=settings.batch_size, iters=settings.iters or 0,
@@ -325,7 +325,7 @@ def run_experiment(settings: Settings, log: Callable[[str], None] = print, repor
 
 
 def _scale_key(settings: Settings, name: str) -> str:
-    return next(s for s in settings.scales if parse_target(s).name == name)
+    return next(s for s in settings.scales if target_name(s) == name)
 
 
 def _invocation() -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.plan import parse_target
+from softprep.plan import target_name
 from softprep.priors import render, store_priors, target_label
 from softprep.store import open_store
 from softprep_train.comparison import Comparison, PairInput, compare_family, iou_from_confusion
@@ -52,7 +52,7 @@ def comparisons(settings: Settings, results: list[dict], classes: list[str], thi
     IoU, soft against both hard arms), each Holm-corrected."""
     primary, secondary = [], []
     for scale in settings.scales:
-        name = parse_target(scale).name
+        name = target_name(scale)
         arms = settings.arms[scale]
         for a, b in COMPARISONS:
             if a not in arms or b not in arms:
@@ -79,7 +79,7 @@ def summarise(settings: Settings, results: list[dict]) -> dict:
     """Per ``arm@scale``: seeds, mIoU mean/std, per-class IoU mean, learning curve mean/min/max."""
     out = {}
     for scale in settings.scales:
-        name = parse_target(scale).name
+        name = target_name(scale)
         for arm in settings.arms[scale]:
             runs = [r for r in results if r["scale"] == name and r["arm"] == arm]
             if not runs:
@@ -104,7 +104,7 @@ def summarise(settings: Settings, results: list[dict]) -> dict:
 def convergence(settings: Settings, summary: dict, classes: list[str], thin: list[str]) -> dict:
     """The NN arm at the first scale: final mIoU, its gain over the last 20% of epochs (from the
     learning curve at 80%), and which thin classes it learned (> 10 IoU)."""
-    scale = parse_target(settings.scales[0]).name
+    scale = target_name(settings.scales[0])
     entry = summary.get(f"nn@{scale}")
     if not entry or len(entry["curve_epochs"]) < 2:
         return {}
@@ -187,7 +187,7 @@ def learning_curves(settings: Settings, summary: dict, path: Path) -> Path | Non
     plt = _pyplot()
     if plt is None:
         return None
-    scales = [parse_target(s).name for s in settings.scales]
+    scales = [target_name(s) for s in settings.scales]
     fig, axes = plt.subplots(1, len(scales), figsize=(6.5 * len(scales), 4.6), squeeze=False)
     for ax, scale in zip(axes[0], scales):
         for arm in ARMS:
@@ -222,7 +222,7 @@ def predictions(settings: Settings, stores: dict, classes: list[str], thin: list
     from softprep_train.train import normalise
 
     plt = _pyplot()
-    scale = parse_target(settings.scales[0]).name
+    scale = target_name(settings.scales[0])
     arms = [a for a in ("nn", "nn-centred", "soft") if a in settings.arms[settings.scales[0]]]
     seed = settings.seeds[settings.scales[0]][0]
     checkpoints = {a: Path(settings.out) / "runs" / run_name(settings.scales[0], a, seed) / "last.pt" for a in arms}
@@ -299,7 +299,7 @@ def _iou_table(report: dict) -> list[str]:
 def markdown(report: dict, primary: list[Comparison], secondary: list[Comparison], priors: str) -> str:
     s = report["settings"]
     conv = report["convergence"]
-    schedule = ", ".join(f"{target_label(parse_target(k).name)}: {v} epochs, seeds {', '.join(map(str, s['seeds'][k]))}, "
+    schedule = ", ".join(f"{target_label(target_name(k))}: {v} epochs, seeds {', '.join(map(str, s['seeds'][k]))}, "
                          f"arms {', '.join(s['arms'][k])}" for k, v in s["epochs"].items() if k in s["arms"])
     interim = report["runs_recorded"] < report["runs_planned"]
     lines = [

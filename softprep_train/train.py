@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from softprep.errors import SoftprepError
-from softprep.plan import parse_target
+from softprep.plan import target_name
 from softprep.location import is_remote, location
 from softprep.store import open_store, store_lock
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
@@ -146,7 +146,7 @@ def fit(config: TrainConfig, progress: bool = True, on_epoch: Callable[[int, tor
 
 
 def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
-    config.scale = parse_target(config.scale).name
+    config.scale = target_name(config.scale)
     store = location(config.store)  # the same store by any path compares equal on --resume
     config.store = str(store if is_remote(store) else store.resolve())
     # --- distributed set-up (torchrun sets these variables) ---

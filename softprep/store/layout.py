@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
-from softprep.plan import ResamplingPlan, parse_target, resampling_plan
+from softprep.plan import ResamplingPlan, parse_target, resampling_plan, target_name  # noqa: F401 - target_name re-exported
 from softprep.softlabel import weight_dtype
 
 FORMAT = "softprep-store"
@@ -31,11 +31,6 @@ SOFT_LABEL_ARRAYS = ("classes", "mixed_classes", "mixed_weights")
 LIST_CHUNK_SHARE, LIST_CHUNK_MIN = 16, 4_096
 #: Images per chunk of the per-image record arrays.
 RECORD_CHUNK = 1024
-
-
-def target_name(target) -> str:
-    """Group name of a target: ``0.125 -> "0.125"``, ``"short512" -> "short512"``."""
-    return parse_target(target).name
 
 
 def _grid(side: int) -> int:
