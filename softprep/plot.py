@@ -9,8 +9,10 @@ import numpy as np
 from softprep.errors import SoftprepError
 from softprep.priors import PriorTable, target_label
 
-#: The symlog axis is linear in [-LINEAR_BELOW, LINEAR_BELOW]: 0.01 in the table's x1e4 units.
-LINEAR_BELOW = 1e-6
+#: The plot's unit: the priors table's (``softprep priors`` prints D x 10^4).
+UNIT = 1e4
+#: The symlog axis is linear in [-LINEAR_BELOW, LINEAR_BELOW], in those units (D = 1e-6).
+LINEAR_BELOW = 0.01
 
 
 def _pyplot():
@@ -42,15 +44,16 @@ def plot_priors(table: PriorTable, path: str | Path, dpi: int = 120) -> Path:
             if row is None:
                 continue
             zero = row.exact and all(d == 0 for d in row.discrepancy)
-            label = f"{strategy}: " + ("exactly 0" if zero else f"sum|D| {float(row.sum_abs):.2e}")
-            values = [float(d) for d in row.discrepancy]
+            label = f"{strategy}: " + ("exactly 0" if zero else f"sum|D| {UNIT * float(row.sum_abs):.2f}")
+            values = [UNIT * float(d) for d in row.discrepancy]
             ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=label, color=f"C{i}")
         ax.set_yscale("symlog", linthresh=LINEAR_BELOW)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_ylabel(f"D at {target_label(target)}")
-        ax.legend(fontsize="small", loc="upper right")
+        ax.set_ylabel(f"D x1e4 at {target_label(target)}")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     axes[-1, 0].set_xticks(x, table.classes, rotation=45, ha="right")
-    fig.suptitle(f"Class-prior discrepancy D = p_original - p_d (symlog, linear below {LINEAR_BELOW:g}), split {table.split}")
+    fig.suptitle(f"Class-prior discrepancy D = p_original - p_d, x1e4 as in `softprep priors` (symlog, linear below "
+                 f"{LINEAR_BELOW:g}), split {table.split}")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi)

@@ -12,7 +12,7 @@ from PIL import Image
 from softprep import SoftprepError, open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
-from softprep.show import CAPTION, colourise, render_sample, soft_colour_mix
+from softprep.show import CAPTION, class_overlay, colourise, render_sample, soft_colour_mix, weight_colours
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +31,30 @@ def test_png_of_expected_size_with_stored_panels(show_store, demo_root, tmp_path
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert image.format == "PNG"
-        # 6 panels (colour, full-res labels, NN, soft mix, pole, car) of 64x128 in 2 columns.
-        assert image.size == (2 * 128, 3 * (64 + CAPTION))
+        # 7 panels (colour, full-res labels, NN, soft mix, pole, car, Fig. 4 bars) of 64x128 in 2 columns,
+        # then the legend strip
+        assert image.size[0] == 2 * 128 and image.size[1] > 4 * (64 + CAPTION)
         pixels = np.asarray(image.convert("RGB"))
-    palette = np.asarray(store.attrs["palette"], np.uint8)
+    palette = np.asarray(store.spec.palette, np.uint8)
     nn_panel = pixels[64 + 2 * CAPTION:2 * (64 + CAPTION), :128]
     expected = np.repeat(np.repeat(colourise(sample.nn(), palette), 8, 0), 8, 1)
     np.testing.assert_array_equal(nn_panel, expected)
     mix_panel = pixels[64 + 2 * CAPTION:2 * (64 + CAPTION), 128:]
     np.testing.assert_array_equal(mix_panel[::8, ::8], soft_colour_mix(sample.soft(), palette))
+
+
+def test_fig3_overlay_marks_what_nn_loses_and_outlines_what_it_keeps():
+    dense = np.zeros((2, 3, 3), np.float32)
+    dense[0] = 1
+    dense[1, 1, 1], dense[0, 1, 1] = 0.75, 0.25  # a pixel NN gives class 1
+    dense[1, 0, 2], dense[0, 0, 2] = 0.25, 0.75  # class 1 has weight, NN says 0: lost
+    nn = np.zeros((3, 3), np.uint8)
+    nn[1, 1] = 1
+    overlay = class_overlay(dense, nn, 1)
+    np.testing.assert_array_equal(overlay[1, 1], [255, 255, 255])  # NN's pixel of the class: outlined
+    assert overlay[0, 2, 0] > 150 and overlay[0, 2, 2] > 150 and overlay[0, 2, 1] < 100  # lost: magenta
+    np.testing.assert_array_equal(overlay[2, 0], weight_colours(np.float32(0)))  # no weight: the scale's 0
+    np.testing.assert_array_equal(weight_colours(np.array([0.0, 1.0])), [[68, 1, 84], [253, 231, 37]])
 
 
 def test_single_class_pixels_mix_to_their_palette_colour():
