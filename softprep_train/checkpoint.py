@@ -30,11 +30,16 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     torch.save(payload, buffer)
     data = buffer.getvalue()
     temp = path.with_suffix(path.suffix + ".partial")
-    with open(temp, "wb") as file:
-        file.write(data + hashlib.sha256(data).digest() + MAGIC)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "wb") as file:
+            file.write(data + hashlib.sha256(data).digest() + MAGIC)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except OSError as error:  # a full disk, a quota: keep the last good checkpoint, leave no partial file
+        temp.unlink(missing_ok=True)
+        raise SoftprepError(f"{path}: cannot write the checkpoint ({error.strerror or error}); the previous one is "
+                            "kept: free space, then rerun the same command with --resume") from None
 
 
 def load_checkpoint_state(path: str | Path, device: torch.device | str = "cpu", verify: bool = True) -> dict:
@@ -70,4 +75,13 @@ def load_checkpoint_state(path: str | Path, device: torch.device | str = "cpu", 
                             f"{type(error).__name__})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise SoftprepError(f"{path}: not a softprep-train checkpoint (no model and config)")
+    missing = [k for k in REQUIRED if k not in state] + [f"config.{k}" for k in REQUIRED_CONFIG
+                                                         if not isinstance(state["config"], dict) or k not in state["config"]]
+    if missing:
+        raise SoftprepError(f"{path}: not a complete softprep-train checkpoint (missing {', '.join(missing)})")
     return state
+
+
+#: What every reader of a checkpoint relies on.
+REQUIRED = ("model", "config", "classes", "num_classes", "crop", "kernel", "antialias", "palette")
+REQUIRED_CONFIG = ("model", "scale")

@@ -104,7 +104,13 @@ def load_checkpoint(path: str | Path, device: torch.device, verify: bool = True)
     """The model of a checkpoint (eval mode, on ``device``) and the checkpoint dict (``verify``: its checksum)."""
     state = load_checkpoint_state(path, device, verify)
     model = build_model(state["config"]["model"], state["num_classes"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as error:  # another model's or class count's weights
+        first = str(error).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing key" in line), first[0] if first else "")
+        raise SoftprepError(f"{path}: its weights do not fit {state['config']['model']} with {state['num_classes']} "
+                            f"classes ({detail[:160]}); the file is damaged or edited") from None
     return model.to(device).eval(), state
 
 

@@ -421,3 +421,49 @@ def test_a_second_fit_into_a_running_run_folder_is_refused(run, tmp_path):
                            "--iters", "4", "--batch-size", "2", "--workers", "0", "--seed", "1", "--resume")
     assert_one_line_error(result, f"{live}: another softprep-train fit (pid {os.getpid()}) is writing this run folder")
     assert (live / "last.pt").read_bytes() == (folder / "last.pt").read_bytes()
+
+
+def _limit_file_size_to(limit: int):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_during_fit_is_one_line_and_leaves_no_partial_checkpoint(run, tmp_path):
+    """The checkpoint cannot be written (EFBIG as a full disk): one line, the last good checkpoint
+    kept, no .partial file left."""
+    store, folder = run
+    out = tmp_path / "full"
+    shutil.copytree(folder, out)
+    before = (out / "last.pt").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "softprep_train.cli", "fit", "--store", str(store), "--scale", "0.25",
+                             "--out", str(out), "--model", "hrnetv2_w18_small", "--iters", "4", "--batch-size", "2",
+                             "--workers", "0", "--seed", "1", "--resume"], capture_output=True, text=True,
+                            preexec_fn=_limit_file_size_to(len(before) // 2))
+    assert_one_line_error(result, f"{out / 'last.pt'}: cannot write the checkpoint (File too large)", "--resume")
+    assert (out / "last.pt").read_bytes() == before and not list(out.glob("*.partial"))
+
+
+def test_foreign_checkpoints_and_damaged_records_are_one_line(run, tmp_path):
+    """A checkpoint of another class count or missing config keys, and a store whose record chunks
+    are damaged or gone (as while it is rebuilt), are one line in eval and priors."""
+    from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
+
+    store, folder = run
+    state = load_checkpoint_state(folder / "last.pt")
+    other = {**state, "num_classes": state["num_classes"] + 1}
+    save_checkpoint(tmp_path / "other.pt", other)
+    assert_one_line_error(train_cli("eval", "--checkpoint", tmp_path / "other.pt", "--store", store),
+                          "its weights do not fit hrnetv2_w18_small with 20 classes", "size mismatch")
+    missing = {**state, "config": {k: v for k, v in state["config"].items() if k != "scale"}}
+    save_checkpoint(tmp_path / "missing.pt", missing)
+    assert_one_line_error(train_cli("eval", "--checkpoint", tmp_path / "missing.pt", "--store", store),
+                          "not a complete softprep-train checkpoint (missing config.scale)")
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(store, damaged)
+    chunk = next(p for p in (damaged / "train" / "0.25" / "mass_numerator" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"\0" * 20)
+    assert_one_line_error(softprep("priors", damaged), "train/0.25: records cannot be read", "softprep verify")
+    shutil.rmtree(damaged / "train" / "0.25")  # a target group gone, as mid-rebuild
+    assert_one_line_error(softprep("priors", damaged), "train/0.25: records cannot be read")

@@ -190,12 +190,12 @@ class TargetView:
 
     def __init__(self, store: Store, split: str, target: str):
         self.store, self.split, self.target = store, split, target
-        self.group = store.root[split][target]
         split_spec = store.spec.splits[split]
         self.ids: list[str] = split_spec.ids
         self.buckets, self.positions = split_spec.buckets, split_spec.positions
-        self.sizes: np.ndarray = self.group["sizes"][:]  # (N, 2)
-        self.denominators: np.ndarray = self.group["denominator"][:]  # (N,)
+        self.group = self._records(lambda: store.root[split][target])
+        self.sizes: np.ndarray = self.record("sizes", (len(self.ids), 2))
+        self.denominators: np.ndarray = self.record("denominator", (len(self.ids),))
         self._planes: np.ndarray | None = None
         self._bucket_groups: dict = {}
 
@@ -221,22 +221,43 @@ class TargetView:
         """Every image's weights are exact integers over its denominator (rational priors)."""
         return bool((self.denominators > 0).all())
 
+    def _records(self, read):
+        """``read()``, with any failure (a damaged or missing chunk, a store rebuilt or deleted under
+        the reader) as one line naming split and target."""
+        try:
+            return read()
+        except SoftprepError:
+            raise
+        except Exception as error:  # noqa: BLE001 - zarr, codec and OS errors of every kind
+            text = str(error).splitlines()[0][:120] if str(error) else ""
+            raise SoftprepError(f"{self.store.path}: {self.split}/{self.target}: records cannot be read "
+                                f"({type(error).__name__}: {text}); the store is damaged or being rebuilt: run "
+                                "`softprep verify`, rebuild it if needed") from None
+
+    def record(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A per-image record array, checked to hold ``shape`` (one row per image)."""
+        values = self._records(lambda: self.group[name][:])
+        if values.shape != shape:
+            raise SoftprepError(f"{self.store.path}: {self.split}/{self.target}/{name} has shape {values.shape}, "
+                                f"expected {shape}; the store is damaged: run `softprep verify`, rebuild it")
+        return values
+
     def mass(self) -> np.ndarray:
         """``(N, C) float64`` soft-label weight per class."""
-        return self.group["mass"][:]
+        return self.record("mass", (len(self.ids), self.store.spec.num_classes))
 
     def mass_numerator(self) -> np.ndarray:
         """``(N, C) int64`` exact class weights over :attr:`denominators` (zeros for float images)."""
-        return self.group["mass_numerator"][:]
+        return self.record("mass_numerator", (len(self.ids), self.store.spec.num_classes))
 
     def nn_counts(self) -> np.ndarray:
         """``(N, C) int64`` nearest-neighbour pixels per class."""
-        return self.group["nn_counts"][:]
+        return self.record("nn_counts", (len(self.ids), self.store.spec.num_classes))
 
     def planes(self) -> np.ndarray:
         """``(N,) uint8`` soft-label slots used per image (read once: a complete store never changes them)."""
         if self._planes is None or not self.store.complete:
-            self._planes = self.group["planes"][:]
+            self._planes = self.record("planes", (len(self.ids),))
         return self._planes
 
 
