@@ -39,6 +39,20 @@ def main():
     """
 
 
+class ModelName(click.ParamType):
+    """A name from the model registry, or ``smp:ARCH/ENCODER``."""
+
+    name = "MODEL"
+
+    def get_metavar(self, param, *args, **kwargs):
+        return "[" + "|".join(MODELS) + "|smp:ARCH/ENCODER]"
+
+    def convert(self, value, param, ctx):
+        if value in MODELS or (str(value).startswith("smp:") and "/" in str(value)):
+            return value
+        self.fail(f"{value!r}: choose one of {', '.join(MODELS)}, or smp:ARCH/ENCODER", param, ctx)
+
+
 def _class_weights(path: Path | None) -> list[float] | None:
     if path is None:
         return None
@@ -52,8 +66,9 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--store", required=True, type=LOCATION, help="softprep store to train from (a folder, or s3://, gs:// URL).")
 @click.option("--scale", required=True, help="Training target, a stored one: a factor (0.25) or a name (short512, fit512x1024).")
 @out_folder("Run folder: logs, checkpoints.")
-@click.option("--model", default=default("model"), show_default=True, type=click.Choice(list(MODELS)),
-              help="Registered model (hrnetv2_w48 is the paper's; unet_small, hrnetv2_w18_small and deeplabv3plus_r18 suit a CPU).")
+@click.option("--model", default=default("model"), show_default=True, type=ModelName(),
+              help="A registered model (hrnetv2_w48 is the paper's; unet_small, hrnetv2_w18_small and deeplabv3plus_r18 "
+              "suit a CPU), or smp:ARCH/ENCODER from segmentation_models_pytorch (e.g. smp:DeepLabV3Plus/resnet50).")
 @click.option("--loss", default=default("loss"), show_default=True, type=click.Choice(list(LOSSES)),
               help="kl: soft labels; ce-nn: NN hard labels (baseline).")
 @click.option("--nn-sampling", default=default("nn_sampling"), show_default=True, type=click.Choice(NN_SAMPLINGS),

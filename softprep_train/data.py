@@ -348,6 +348,11 @@ class TrainSampler(Sampler):
                 yield index, _mix(self.seed, epoch, position, self.rank)
             epoch, skip = epoch + 1, 0
 
+    def set_epoch(self, epoch: int) -> None:
+        """Yield exactly epoch ``epoch`` (0-based) from now on: what epoch-based trainers (Lightning)
+        call before each epoch; the same ``(index, seed)`` pairs as the iteration-based loop."""
+        self.start_batch, self.epochs = epoch * self.batches_per_epoch(), epoch + 1
+
     def __len__(self) -> int:
         if self.epochs is None:  # endless; DataLoader only needs this for len(loader)
             return 2**62

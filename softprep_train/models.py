@@ -11,6 +11,11 @@ And a compact U-Net (``unet_small``, under 1 M parameters): logits at full input
 a 4-level encoder-decoder, the model that can see 3-pixel poles at 1/8 of CamVid on a CPU (the
 timm backbones above predict at stride 4: one logit per 32x32 full-resolution pixels at 1/8).
 
+And every architecture of ``segmentation_models_pytorch`` (the ``smp`` extra), named
+``smp:ARCH/ENCODER`` (``smp:DeepLabV3Plus/resnet50``, ``smp:Unet/resnet34``, ``smp:FPN/resnet18``,
+``smp:Segformer/mit_b2``): the field's standard implementations, built with ``encoder_weights=None``
+(weights only from a local file: ``pretrained=PATH`` fills the encoder).
+
 And SegFormer (Xie et al. 2021, the paper's ADE20K model): Hugging Face ``transformers``'
 ``SegformerForSemanticSegmentation`` (MiT encoder + all-MLP decoder), its field's standard
 implementation; the ``segformer`` extra.
@@ -139,6 +144,52 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv_bn_relu(cin, cout, 3), conv_bn_relu(cout, cout, 3))
 
 
+class SMPSegmenter(nn.Module):
+    """A ``segmentation_models_pytorch`` model; inputs padded to a multiple of its encoder's stride
+    (32), logits cropped back: ``(B, 3, H, W) -> (B, C, H, W)``."""
+
+    stride = 32
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.backbone = model.encoder  # what pretrained weights fill
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (0, -w % self.stride, 0, -h % self.stride))
+        return self.model(padded)[..., :h, :w]
+
+
+SMP_PREFIX = "smp:"
+
+
+def is_model_name(name: str) -> bool:
+    """A registered model, or an ``smp:ARCH/ENCODER`` name."""
+    return name in MODELS or (name.startswith(SMP_PREFIX) and "/" in name)
+
+
+def slow_on_cpu(name: str) -> bool:
+    return MODELS[name].slow_on_cpu if name in MODELS else not name.endswith(("resnet18", "resnet34"))
+
+
+def _smp(name: str, num_classes: int, pretrained: str | Path | None) -> SMPSegmenter:
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise SoftprepError(f"{name} needs the smp extra: pip install 'softprep[smp]'") from None
+    arch, _, encoder = name[len(SMP_PREFIX):].partition("/")
+    try:
+        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes)
+    except (KeyError, ValueError) as error:
+        raise SoftprepError(f"{name}: segmentation_models_pytorch has no such architecture or encoder "
+                            f"({str(error).splitlines()[0][:120]}); e.g. smp:DeepLabV3Plus/resnet50") from None
+    wrapped = SMPSegmenter(model)
+    if pretrained is not None:
+        wrapped.backbone.pretrained_tensors = load_backbone_weights(wrapped.backbone, pretrained, encoder)
+    return wrapped
+
+
 class SegFormer(nn.Module):
     """Hugging Face's SegFormer; inputs padded to a multiple of 32, logits upsampled (bilinear) and cropped."""
 
@@ -246,8 +297,10 @@ def load_backbone_weights_from_state(backbone: nn.Module, state: dict, path, nam
 
 def build_model(name: str, num_classes: int, pretrained: str | Path | None = None) -> Segmenter:
     """The registered model ``name`` with a ``num_classes`` head; backbone weights from ``pretrained`` (a local file)."""
+    if name.startswith(SMP_PREFIX):
+        return _smp(name, num_classes, pretrained)
     if name not in MODELS:
-        raise SoftprepError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        raise SoftprepError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, or smp:ARCH/ENCODER")
     spec = MODELS[name]
     if spec.family == "segformer":
         return _segformer(spec, num_classes, pretrained)

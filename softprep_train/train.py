@@ -34,7 +34,7 @@ from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to
 from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
 from softprep_train.config import TrainConfig
 from softprep_train.losses import LOSSES
-from softprep_train.models import MODELS, build_model
+from softprep_train.models import build_model, slow_on_cpu
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -228,7 +228,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     piped = progress and rank == 0 and not sys.stdout.isatty()  # a plain line per log window instead of a bar
     if progress and rank == 0:
         note = " (slow on a CPU: try --model hrnetv2_w18_small or fewer --iters)" if (
-            device.type == "cpu" and MODELS[config.model].slow_on_cpu and total - iteration > 1000) else ""
+            device.type == "cpu" and slow_on_cpu(config.model) and total - iteration > 1000) else ""
         loaded = getattr(model.backbone, "pretrained_tensors", None)
         weights = f"pretrained {loaded[0]}/{loaded[1]} backbone tensors from {config.pretrained}" if loaded else "random init"
         print(f"fit: {config.model} ({weights}) on {device}, iterations {iteration} -> {total}, batch {config.batch_size} "

@@ -201,3 +201,16 @@ def test_the_memory_cache_gives_the_same_samples_and_reads_each_once(store, monk
     for key in [(0, 7), (1, 8), (0, 9), (2, 10)]:  # every (source target, image) already read once
         cached[key]
     assert reads == []
+
+
+def test_set_epoch_yields_the_same_pairs_as_the_iteration_loop(store):
+    """Epoch-based trainers (Lightning) call set_epoch(e): they get epoch e of the very order and
+    augmentation seeds the iteration-based loop uses."""
+    dataset = StoreDataset(store, "train", 0.25)
+    endless = TrainSampler(dataset, 2, seed=5)
+    per_epoch = endless.batches_per_epoch() * 2
+    everything = [pair for _, pair in zip(range(4 * per_epoch), endless)]
+    sampler = TrainSampler(dataset, 2, seed=5, epochs=1)
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        assert list(sampler) == everything[epoch * per_epoch:(epoch + 1) * per_epoch]

@@ -74,3 +74,25 @@ def test_unet_small_predicts_at_full_resolution_and_fits_a_fixed_batch():
     assert losses[-1] < losses[0] / 4, (losses[0], losses[-1])
     with pytest.raises(SoftprepError, match="unet_small has no pretrained weights"):
         build_model("unet_small", 4, pretrained="x.pth")
+
+
+def test_smp_models_come_from_the_registry_and_learn_on_a_store(demo_root, tmp_path):
+    """segmentation_models_pytorch's DeepLabV3+ by name (smp:ARCH/ENCODER), trained with the KL loss
+    from a store for a few iterations on CPU: the loss falls."""
+    pytest.importorskip("segmentation_models_pytorch", reason="needs the smp extra: pip install 'softprep[smp]'")
+    import json
+
+    from softprep.build import build
+    from softprep.datasets import get_dataset
+    from softprep_train.train import TrainConfig, fit
+
+    model = build_model("smp:DeepLabV3Plus/resnet18", 7)
+    assert model.eval()(torch.randn(1, 3, 45, 61)).shape == (1, 7, 45, 61)  # any size: padded, cropped back
+    with pytest.raises(SoftprepError, match="smp:Nope/resnet18: segmentation_models_pytorch has no such architecture"):
+        build_model("smp:Nope/resnet18", 7)
+    store = tmp_path / "s.zarr"
+    build(get_dataset("cityscapes", demo_root), store, [0.5], jobs=1)
+    fit(TrainConfig(store=str(store), scale="0.5", out=str(tmp_path / "run"), model="smp:Unet/resnet18", iters=30,
+                    batch_size=4, lr=1e-3, optimizer="adamw", workers=0, log_every=1, seed=0), progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5]), losses
