@@ -230,6 +230,21 @@ def verify(store, root, jobs):
     click.echo(f"{store}: ok ({checked_summary(store, root)})")
 
 
+@main.command()
+@click.argument("store", type=LOCATION)
+@click.option("--to", "kind", type=click.Choice(["parquet"]), required=True, help="Output kind: parquet (Hugging Face datasets).")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+def export(store, kind, out):
+    """Write STORE as a Hugging Face `datasets` folder OUT (one config per target, a dataset card
+    with the build's provenance and exact priors); needs the hf extra."""
+    from softprep.export import export_parquet
+
+    bar, progress = _progress_bar("export")
+    with bar:
+        export_parquet(store, out, progress)
+    click.echo(f"{out}: written; load with datasets.load_dataset(\"parquet\", data_dir=\"{out}/TARGET\")")
+
+
 def checked_summary(path, root) -> str:
     """What a passing ``verify`` read: images, targets, chunk files, statistics."""
     from softprep.location import is_remote

@@ -59,3 +59,70 @@ def test_lightning_fast_dev_run_a_falling_loss_and_a_resumed_checkpoint(store, t
     fresh = SoftLabelModule("unet_small", data.num_classes, lr=1e-2)
     resumed.fit(fresh, data, ckpt_path=checkpoint)
     assert resumed.global_step == 44  # continued from step 40, not from 0
+
+
+def test_export_to_parquet_round_trips_through_hugging_face_datasets(store, tmp_path):
+    """`softprep export STORE --to parquet OUT`, then datasets.load_dataset("parquet", ...): every
+    image, soft label and NN map equal to the store's; the card carries the exact priors."""
+    datasets = pytest.importorskip("datasets", reason="needs the hf extra: pip install 'softprep[hf]'")
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from softprep import open_store
+    from softprep.export import dense_soft_label
+
+    out = tmp_path / "hf"
+    result = subprocess.run([sys.executable, "-m", "softprep.cli", "export", store, "--to", "parquet", out],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ours = open_store(store)
+    for target in ("0.25", "0.5"):
+        loaded = datasets.load_dataset("parquet", data_dir=str(out / target))
+        assert set(loaded) == {"train", "validation"}  # datasets' own name for files called val-*
+        for split, name in (("train", "train"), ("val", "validation")):
+            view = ours.samples(split, target)
+            assert len(loaded[name]) == len(view)
+            for row in loaded[name]:
+                sample = view[row["id"]]
+                np.testing.assert_array_equal(np.asarray(row["image"].convert("RGB")), sample.image)
+                np.testing.assert_allclose(dense_soft_label(row, 19), sample.soft(), rtol=0, atol=1e-6)
+                np.testing.assert_array_equal(np.asarray(row["nn"], np.uint8).reshape(sample.shape), sample.nn())
+    by_config = datasets.load_dataset(str(out), "0.25")  # the card's configs keep the store's split names
+    assert set(by_config) == {"train", "val"} and len(by_config["val"]) == len(ours.samples("val", 0.25))
+    card = (out / "README.md").read_text()
+    assert "| area | 1/4 | exact | 0 | 0 |" in card and "config_name: \"0.5\"" in card
+
+
+def test_segformer_soft_labels_at_the_logits_size_are_the_stored_coarser_soft_labels(store, tmp_path):
+    """HF SegFormer predicts at 1/4: the soft label area-resampled to the logits equals the soft
+    label softprep stores at that coarser size (box filters compose), and a real
+    SegformerForSemanticSegmentation trains on it (the loss falls)."""
+    transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install 'softprep[hf]'")
+    from softprep import open_store
+    from softprep_train import kl_loss, normalise
+    from softprep_train.hf import soft_label_for_logits
+
+    fine = torch.from_numpy(open_store(store).samples("train", 0.5)[0].soft())[None]  # (1, 19, 32, 64)
+    coarse = torch.from_numpy(open_store(store).samples("train", 0.25)[0].soft())[None]  # (1, 19, 16, 32)
+    torch.testing.assert_close(soft_label_for_logits(fine, coarse.shape[-2:]), coarse, rtol=0, atol=1e-6)
+
+    from softprep_train.data import StoreDataset, collate
+
+    batch = collate([StoreDataset(store, "train", 0.5)[i] for i in range(4)])
+    config = transformers.SegformerConfig(num_labels=19, depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128],
+                                          num_attention_heads=[1, 1, 2, 4], decoder_hidden_size=64)
+    torch.manual_seed(0)
+    model = transformers.SegformerForSemanticSegmentation(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        logits = model(pixel_values=normalise(batch["image"])).logits
+        assert logits.shape[-2:] == (8, 16)  # 1/4 of the 32x64 input
+        loss = kl_loss(logits, soft_label_for_logits(batch["soft"], logits.shape[-2:]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
