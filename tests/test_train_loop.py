@@ -195,7 +195,7 @@ def test_fit_eval_predict_on_a_mixed_size_dataset(tmp_path):
         assert Image.open(path).size == Image.open(sample.image).size
 
 
-def test_readme_ten_line_loop_runs_and_augments_each_epoch(store, tmp_path, monkeypatch):
+def test_readme_ten_line_loop_runs_and_augments_each_epoch(store, tmp_path, monkeypatch, capsys):
     text = (ROOT / "README.md").read_text()
     loop = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "for epoch in range" in block)
     assert len([line for line in loop.strip().splitlines() if line.strip()]) <= 14
@@ -205,7 +205,10 @@ def test_readme_ten_line_loop_runs_and_augments_each_epoch(store, tmp_path, monk
     namespace: dict = {}
     torch.manual_seed(0)
     exec(code, namespace)
-    assert np.isfinite(namespace["loss"].item())
+    printed = capsys.readouterr().out.strip().splitlines()
+    # what the README says it prints: one "epoch N: loss X.XXXX" line per epoch, the last loss the one left
+    assert [re.sub(r"[0-9.]+$", "X", line) for line in printed] == ["epoch 0: loss X", "epoch 1: loss X"], printed
+    assert printed[-1] == f"epoch 1: loss {namespace['loss'].item():.4f}" and np.isfinite(namespace["loss"].item())
     dataset = namespace["dataset"]
     first, second = dataset[0], dataset[0]  # a plain index draws a new augmentation each time
     assert first["image"].shape == (3, 16, 32) and not torch.equal(first["image"], second["image"])
