@@ -250,6 +250,8 @@ def test_bad_targets_are_one_line_and_create_nothing(data, tmp_path):
                           ("-0.5", "must be a finite number > 0"), ("0", "must be a finite number > 0")):
         assert_one_line_error(softprep("build", "--root", data, "--out", out, "--scales", bad), f"'{bad}'", fragment)
     assert_one_line_error(softprep("build", "--root", data, "--out", out, "--scales", "100"),
+                          "--scales 100.0: a factor above 1 enlarges every image", "--allow-upsampling")
+    assert_one_line_error(softprep("build", "--root", data, "--out", out, "--scales", "100", "--allow-upsampling"),
                           "over the --max-pixels limit of 32", "use smaller targets")
     assert not out.exists() and not creating_path(out).exists()
 

@@ -82,7 +82,8 @@ def test_wrong_inputs_are_one_line(store, tmp_path):
                               "--class-weights", weights))
     assert "--class-weights has 5 values; the store has 19 classes" in line
     result = train_cli("fit", "--store", store, "--out", tmp_path / "r", "--model", "unet", "--scale", "0.25")
-    assert result.returncode == 2 and "'unet' is not one of 'hrnetv2_w48', 'hrnetv2_w18_small'" in result.stderr
+    assert result.returncode == 2 and "'unet': choose one of hrnetv2_w48, hrnetv2_w18_small" in result.stderr
+    assert "or smp:ARCH/ENCODER" in result.stderr
 
 
 def test_help_explains_every_option():
