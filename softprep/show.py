@@ -164,7 +164,7 @@ def _bar_chart(bars: dict[str, np.ndarray], names: list[str], palette: np.ndarra
     classes = [c for c in range(len(names)) if any(v[c] > 0 for v in bars.values())]
     rows = max(1, len(classes) * (len(bars) + 1))
     step = max(6, (h - 8) // rows)
-    font = _font(max(9, min(step - 1, 16)))
+    font = _font(max(9, min(step - 1, max(16, w // 40))))
     label_w = w // 4
     bar_w = max(10, w - label_w - int(draw.textlength("full resolution 100%", font=font)) - 12)
     top = 4
@@ -218,16 +218,18 @@ def _with_legend(picture: Image.Image, entries: list[tuple[str, np.ndarray]]) ->
 
 
 def _grid(panels: list[tuple[str, np.ndarray]], size: tuple[int, int]) -> Image.Image:
-    """Panels ``(caption, (h, w, 3) uint8)`` enlarged to ``size`` (nearest), captioned, in COLUMNS columns."""
+    """Panels ``(caption, (h, w, 3) uint8)`` enlarged to ``size`` (nearest), captioned, in COLUMNS columns;
+    captions grow with the panels (:data:`CAPTION` px at least, a 24th of the panel width)."""
     h, w = size
+    caption = max(CAPTION, w // 24)
     rows = -(-len(panels) // COLUMNS)
-    canvas = Image.new("RGB", (COLUMNS * w, rows * (h + CAPTION)), "white")
+    canvas = Image.new("RGB", (COLUMNS * w, rows * (h + caption)), "white")
     draw = ImageDraw.Draw(canvas)
-    font = _font(CAPTION * 2 // 3)
-    for k, (caption, pixels) in enumerate(panels):
-        x, y = (k % COLUMNS) * w, (k // COLUMNS) * (h + CAPTION)
-        canvas.paste(Image.fromarray(pixels).resize((w, h), Image.NEAREST), (x, y + CAPTION))
-        draw.text((x + 4, y + 3), caption, fill="black", font=font)
+    font = _font(caption * 2 // 3)
+    for k, (text, pixels) in enumerate(panels):
+        x, y = (k % COLUMNS) * w, (k // COLUMNS) * (h + caption)
+        canvas.paste(Image.fromarray(pixels).resize((w, h), Image.NEAREST), (x, y + caption))
+        draw.text((x + 4, y + caption // 8), text, fill="black", font=font)
     return canvas
 
 
