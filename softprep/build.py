@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from softprep.datasets import Dataset, Sample
+from softprep.datasets.base import stored_sample
 from softprep.errors import SoftprepError
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
 from softprep.location import is_remote, location
@@ -202,18 +203,6 @@ class PairReader:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def stored_sample(dataset: Dataset, split_spec: SplitSpec, i: int) -> Sample:
-    """The :class:`Sample` of image ``i`` of a planned split: paths recorded in a store, opened only
-    inside ``dataset.root`` (a path that climbs out of it is refused)."""
-    paths = []
-    for relative in (split_spec.images[i], split_spec.labels[i]):
-        if Path(relative).is_absolute() or ".." in Path(relative).parts:
-            raise SoftprepError(f"{dataset.root}: the store records the path {relative!r}, outside the dataset root; "
-                                "refusing to open it (the store's attributes are damaged or crafted)")
-        paths.append(dataset.root / relative)
-    return Sample(split_spec.ids[i], *paths)
 
 
 def build(

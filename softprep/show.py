@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from softprep.build import stored_sample
+from softprep.datasets.base import stored_sample
 from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
 from softprep.store import Store

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from softprep.build import stored_sample
+from softprep.datasets.base import stored_sample
 from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from softprep.build import stored_sample
+from softprep.datasets.base import stored_sample
 from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
 from softprep.plan import target_name

@@ -21,7 +21,8 @@ import zarr
 from PIL import Image
 
 from softprep import SoftprepError, open_store
-from softprep.build import build, stored_sample
+from softprep.build import build
+from softprep.datasets.base import stored_sample
 from softprep.datasets import get_dataset
 from softprep.demo import make_demo
 from softprep.store import SplitSpec, creating_path, deleting_path, shard_file, store_lock

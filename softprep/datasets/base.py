@@ -248,3 +248,17 @@ class StemPairedDataset(Dataset):
             missing = next(folder for folder in self.folders(split) if not folder.is_dir())
             raise SoftprepError(f"{missing}: split folder not found; expected {self.layout} under --root")
         return pair_by_stem(*self.folders(split))
+
+
+def stored_sample(dataset: "Dataset", split_spec, i: int) -> Sample:
+    """The :class:`Sample` of image ``i`` of a planned split (a store's ``SplitSpec``: ``ids``,
+    ``images``, ``labels``): paths recorded in a store, opened only inside ``dataset.root`` (a path
+    that climbs out of it is refused). What every reader of the original files (build, verify,
+    show, eval) uses."""
+    paths = []
+    for relative in (split_spec.images[i], split_spec.labels[i]):
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise SoftprepError(f"{dataset.root}: the store records the path {relative!r}, outside the dataset root; "
+                                "refusing to open it (the store's attributes are damaged or crafted)")
+        paths.append(dataset.root / relative)
+    return Sample(split_spec.ids[i], *paths)
