@@ -17,7 +17,7 @@ _EXPORTS = {
     "evaluate": "evaluate", "iou_from_confusion": "evaluate",
     "ce_nn_loss": "losses", "kl_loss": "losses",
     "MODELS": "models", "build_model": "models",
-    "TrainConfig": "train", "fit": "train", "normalise": "train",
+    "TrainConfig": "train", "fit": "train", "normalise": "data",
     "ToSoftLabel": "transforms", "SoftMask": "transforms", "albumentations_soft_label": "transforms",
 }
 

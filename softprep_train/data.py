@@ -38,6 +38,10 @@ from softprep.store import open_store
 
 IGNORE = IGNORE_INDEX  # the ignore value of hard labels and crop padding
 RESIZE_RANGE = (0.5, 2.0)
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
 #: The stored target holding the original labels (what ``nn_sampling="centre"`` samples from).
 FULL_RESOLUTION = "1.0"
 #: How the hard (``ce-nn``) labels are sampled: ``floor`` is torch's ``nearest`` (the store's NN map,
@@ -294,6 +298,13 @@ def centre_nearest(full: int, out: int, start: int, length: int, flip: bool) -> 
     index = np.minimum(((2 * position + 1) * full) // (2 * out), full - 1).astype(np.int64)
     index[position >= out] = -1
     return index[::-1].copy() if flip else index
+
+
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, h, w)`` float in [0, 255] -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
+    return (image - mean) / std
 
 
 def _compact_weights(weights: np.ndarray) -> torch.Tensor:

@@ -26,7 +26,7 @@ from softprep.store import Store, open_store
 from softprep_train.data import IGNORE
 from softprep_train.checkpoint import load_checkpoint_state
 from softprep_train.models import build_model
-from softprep_train.train import normalise
+from softprep_train.data import normalise
 
 FULL = "1.0"
 

@@ -219,7 +219,7 @@ def predictions(settings: Settings, stores: dict, classes: list[str], thin: list
     import torch.nn.functional as F
 
     from softprep_train.evaluate import load_checkpoint
-    from softprep_train.train import normalise
+    from softprep_train.data import normalise
 
     plt = _pyplot()
     scale = target_name(settings.scales[0])

@@ -34,7 +34,7 @@ except ImportError:  # the message names the extra; nothing else in softprep nee
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
 from softprep_train.losses import LOSSES, kl_loss
 from softprep_train.models import build_model
-from softprep_train.train import normalise
+from softprep_train.data import normalise
 
 
 class SoftLabelDataModule(pl.LightningDataModule):

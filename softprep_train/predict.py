@@ -21,7 +21,7 @@ from softprep.plan import resampling_plan
 from softprep.resample import resize_image
 from softprep.show import colourise
 from softprep_train.evaluate import load_checkpoint, predict_logits
-from softprep_train.train import normalise
+from softprep_train.data import normalise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

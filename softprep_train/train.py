@@ -30,14 +30,11 @@ from softprep.errors import SoftprepError
 from softprep.plan import target_name
 from softprep.location import is_remote, location
 from softprep.store import open_store, store_lock
-from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
+from softprep_train.data import IMAGENET_MEAN, IMAGENET_STD, Augment, StoreDataset, TrainSampler, collate, normalise, to_device  # noqa: F401 - normalise, IMAGENET_* re-exported
 from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
 from softprep_train.config import TrainConfig
 from softprep_train.losses import LOSSES
 from softprep_train.models import build_model, slow_on_cpu
-
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
@@ -46,13 +43,6 @@ def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
         return config.lr * (iteration + 1) / config.warmup_iters
     progress = (iteration - config.warmup_iters) / max(1, total - config.warmup_iters)
     return config.lr * (1 - min(progress, 1.0)) ** config.poly_power
-
-
-def normalise(image: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, h, w)`` float in [0, 255] -> ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
-    return (image - mean) / std
 
 
 def weights_digest(model: torch.nn.Module) -> str:
