@@ -233,7 +233,10 @@ def predictions(settings: Settings, stores: dict, classes: list[str], thin: list
     full, small = store.samples(settings.eval_split, FULL), store.samples(settings.eval_split, scale)
     thin_ids = np.array([classes.index(c) for c in thin])
     thin_pixels = [int(np.isin(full[i].nn(), thin_ids).sum()) for i in range(len(full))]
-    chosen = list(np.argsort(thin_pixels, kind="stable")[::-1][:3])
+    chosen: list[int] = []  # the most thin-class pixels, from different sequences (frames >= 10 apart)
+    for i in np.argsort(thin_pixels, kind="stable")[::-1]:
+        if len(chosen) < 3 and all(abs(int(i) - j) >= 10 for j in chosen):
+            chosen.append(int(i))
     models = {a: load_checkpoint(p, torch.device("cpu"))[0] for a, p in checkpoints.items()}
     columns = ["colour", "ground truth", *[f"{a} prediction" for a in arms]]
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(3.2 * len(columns), 2.5 * len(chosen) + 0.8), squeeze=False)
