@@ -23,8 +23,11 @@ from softprep_train.experiment import ARMS, COLOUR_KERNEL, COMPARISONS, FULL, TH
 
 #: The convergence bar of the protocol: the NN arm's gain over the last 20% of epochs, in mIoU points.
 CONVERGED_BELOW = 1.0
-#: Thin classes count as learned above this IoU (points).
+#: Thin classes count as learned above this IoU (points), and the baseline must learn this many.
 LEARNED_ABOVE = 10.0
+THIN_LEARNED_AT_LEAST = 2
+#: The NN baseline's mIoU (points) at the first scale below which the comparison says little.
+BASELINE_AT_LEAST = 45.0
 
 
 def _class_iou(confusion: np.ndarray, c: int) -> np.ndarray:
@@ -341,7 +344,12 @@ def markdown(report: dict, primary: list[Comparison], secondary: list[Comparison
         lines += [f"`nn` at {target_label(conv['scale'])}: {conv['miou']:.1f} mIoU after {conv['epochs']} epochs; the last "
                   f"20% of epochs (from epoch {conv['epoch_80']}) added {conv['gain_last_20pct']:+.2f} points "
                   f"({'converged: below' if conv['converged'] else 'NOT converged: at or above'} {CONVERGED_BELOW:.0f}). "
-                  f"Thin classes above {LEARNED_ABOVE:.0f} IoU: {', '.join(conv['thin_learned']) or 'none'}.", ""]
+                  f"Thin classes above {LEARNED_ABOVE:.0f} IoU: {', '.join(conv['thin_learned']) or 'none'}.", "",
+                  "The protocol's bars for a baseline that has learned: "
+                  f"NN >= {BASELINE_AT_LEAST:.0f} mIoU ({'met' if conv['miou'] >= BASELINE_AT_LEAST else 'NOT met'}), "
+                  f"last 20% of epochs < {CONVERGED_BELOW:.0f} point ({'met' if conv['converged'] else 'NOT met'}), "
+                  f"at least {THIN_LEARNED_AT_LEAST} thin classes above {LEARNED_ABOVE:.0f} IoU "
+                  f"({'met' if len(conv['thin_learned']) >= THIN_LEARNED_AT_LEAST else 'NOT met'}).", ""]
     else:
         lines += ["Not judged: the run has no learning curve (a run by iterations, e.g. --quick).", ""]
     lines += ["## Per-class IoU and mIoU (mean over seeds)", "", *_iou_table(report), "",
