@@ -24,6 +24,15 @@ def softprep(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "softprep.cli", *map(str, args)], capture_output=True, text=True)
 
 
+def build_and_verify(root: Path, store: Path, *options) -> None:
+    """`softprep build --dataset folder ... --scales 0.5`, then `softprep verify`: both pass."""
+    built = softprep("build", "--dataset", "folder", "--root", root, "--out", store, "--scales", "0.5", "--jobs", "1",
+                     *options)
+    assert built.returncode == 0, built.stderr
+    checked = softprep("verify", store)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_a_live_reader_refuses_a_store_rebuilt_under_it(tmp_path):
     """Persistent DataLoader workers (as `fit` keeps them) hold a store open while it is rebuilt
     from another dataset with --overwrite: the next batch is refused, never mixed; a new reader
@@ -53,11 +62,7 @@ def test_all_black_images_and_all_ignored_labels_are_written_and_read(tmp_path):
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(root / "images" / "img0.jpg")
     Image.fromarray(np.full((40, 60), 255, np.uint8)).save(root / "masks" / "img1.png")
     store = tmp_path / "s.zarr"
-    built = softprep("build", "--dataset", "folder", "--root", root, "--out", store, "--scales", "0.5",
-                     "--shard-size", "1", "--jobs", "1")
-    assert built.returncode == 0, built.stderr
-    checked = softprep("verify", store)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    build_and_verify(root, store, "--shard-size", "1")
     loader = DataLoader(StoreDataset(str(store), "train", 0.5), batch_size=1, num_workers=1, persistent_workers=True,
                         collate_fn=collate)
     items = {int(batch["index"][0]): batch for batch in loader}
@@ -71,11 +76,7 @@ def test_bicubic_stores_of_mixed_sizes_have_every_chunk(tmp_path):
     never written; verify must pass on the fresh build."""
     root = write_folder_dataset(tmp_path / "data", [(40, 60), (48, 64), (36, 50)], split_folders=False)
     store = tmp_path / "s.zarr"
-    built = softprep("build", "--dataset", "folder", "--root", root, "--out", store, "--scales", "0.5",
-                     "--kernel", "bicubic", "--jobs", "1")
-    assert built.returncode == 0, built.stderr
-    checked = softprep("verify", store)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    build_and_verify(root, store, "--kernel", "bicubic")
     assert (store / "train" / "0.5" / "denominator" / "c" / "0").is_file()
 
 
