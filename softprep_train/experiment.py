@@ -163,16 +163,33 @@ def build_stores(settings: Settings, log: Callable[[str], None]) -> dict[str, Pa
 
 
 def _check_same_colour(stores: dict[str, Path], settings: Settings) -> None:
-    """Every store's training-split colour images equal the area store's, byte for byte."""
+    """Every store's training-split colour images equal the area store's, byte for byte (one read
+    per size bucket: the stores share the dataset, so they share the bucket layout)."""
     reference = open_store(stores[COLOUR_KERNEL])
     for kernel, path in stores.items():
+        if kernel == COLOUR_KERNEL:
+            continue
         store = open_store(path)
         for target in store.targets:
             ours, theirs = reference.samples(settings.train_split, target), store.samples(settings.train_split, target)
-            for i in range(len(ours)):
-                if not np.array_equal(ours[i].image, theirs[i].image):
-                    raise SoftprepError(f"{path}: colour image {ours.ids[i]} at {target} differs from the {COLOUR_KERNEL} "
-                                        "store's; delete OUT/stores and rerun")
+            differing = _first_differing_image(ours, theirs)
+            if differing is not None:
+                raise SoftprepError(f"{path}: colour image {differing} at {target} differs from the {COLOUR_KERNEL} "
+                                    "store's; delete OUT/stores and rerun")
+
+
+def _first_differing_image(ours, theirs) -> str | None:
+    """The id of the first image whose colour differs between two views of one split, else None."""
+    if ours.ids != theirs.ids or ours.buckets != theirs.buckets or ours.positions != theirs.positions \
+            or not np.array_equal(ours.sizes, theirs.sizes):
+        return next((ours.ids[i] for i in range(len(ours)) if i >= len(theirs) or ours.ids[i] != theirs.ids[i]
+                     or not np.array_equal(ours[i].image, theirs[i].image)), None)
+    for name in dict.fromkeys(ours.buckets):
+        members = [i for i, bucket in enumerate(ours.buckets) if bucket == name]  # in bucket-position order
+        a, b = ours.bucket(members[0])["image"][:], theirs.bucket(members[0])["image"][:]
+        if not np.array_equal(a, b):
+            return ours.ids[members[int(np.argmax((a != b).reshape(len(a), -1).any(1)))]]
+    return None
 
 
 def run_name(scale: str, arm: str, seed: int) -> str:

@@ -82,3 +82,33 @@ def test_any_dataset_and_any_labelled_split(demo_root, tmp_path):
                              capture_output=True, text=True)
     assert missing.returncode != 0
     assert "no split 'test'" in missing.stderr and "choose --eval-split from those" in missing.stderr
+
+
+def test_arms_stores_must_share_every_colour_image(demo_root, tmp_path):
+    """The experiment refuses stores whose colour differs anywhere, naming the image (one read per bucket)."""
+    import numpy as np
+    import zarr
+
+    from softprep.build import build
+    from softprep.datasets import get_dataset
+    from softprep.errors import SoftprepError
+    from softprep.store import open_store
+    from softprep_train.experiment import Settings, _check_same_colour
+
+    dataset = get_dataset("cityscapes", str(demo_root))
+    stores = {kernel: tmp_path / f"{kernel}.zarr" for kernel in ("area", "bilinear")}
+    for kernel, path in stores.items():
+        build(dataset, path, ["0.125", "0.25"], kernel=kernel, image_kernel="area", splits=["train"], jobs=1)
+    settings = Settings(str(demo_root), str(tmp_path), dataset="cityscapes")
+    _check_same_colour(stores, settings)  # same colour kernel: identical images
+
+    view = open_store(stores["bilinear"]).samples("train", "0.25")
+    victim = 4
+    bucket = view.buckets[victim]
+    image = zarr.open_array(stores["bilinear"] / "train" / "0.25" / bucket / "image", mode="r+")
+    pixels = image[view.positions[victim]]
+    image[view.positions[victim]] = 255 - pixels  # one image's colour changed, nothing else
+    assert not np.array_equal(open_store(stores["bilinear"]).samples("train", "0.25")[victim].image,
+                              open_store(stores["area"]).samples("train", "0.25")[victim].image)
+    with pytest.raises(SoftprepError, match=f"colour image {view.ids[victim]} at 0.25 differs from the area store's"):
+        _check_same_colour(stores, settings)

@@ -1,0 +1,71 @@
+"""The experiment's finding: its verdict rules on hand-made reports, and the README / camvid.md
+text equal to what the committed report says (figures to the digit)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from softprep_train.experiment_finding import BEGIN, END, finding, replace_block, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "docs" / "experiments" / "camvid" / "report.json"
+
+
+def _comparison(a: str, b: str, mean: float, real: bool, scale: str = "1/8") -> dict:
+    return {"name": f"{b} - {a} @ {scale}", "a": a, "b": b, "scale": scale, "seeds": 5,
+            "t": {"mean": mean, "low": mean - 0.01, "high": mean + 0.01}, "bootstrap": [mean - 0.005, mean + 0.005],
+            "holm": {"adjusted_p": 0.01 if real else 0.5},
+            "verdict": f"real: {b} {'better' if mean > 0 else 'worse'} than {a}" if real else "not distinguishable from 0"}
+
+
+def _report(*comparisons: dict) -> dict:
+    return {"settings": {"arms": {"0.125": ["nn", "nn-centred", "soft"]}, "epochs": {"0.125": 60}, "dataset": "camvid",
+                         "model": "unet_small", "eval_split": "val"},
+            "runs_recorded": 15, "runs_planned": 15, "convergence": {}, "summary": {}, "primary": list(comparisons)}
+
+
+def test_a_gain_over_nn_that_aligned_nn_also_has_is_called_alignment():
+    report = _report(_comparison("nn", "soft", 0.03, True), _comparison("nn-centred", "soft", 0.004, False))
+    assert verdict(report) == ("At 1/8 soft labels beat NN but not NN aligned at pixel centres: the gain is alignment, "
+                               "not softness.")
+
+
+def test_a_gain_over_both_hard_arms_is_reported_as_such():
+    report = _report(_comparison("nn", "soft", 0.05, True), _comparison("nn-centred", "soft", 0.03, True))
+    assert verdict(report) == "At 1/8 soft labels beat both NN and NN aligned at pixel centres."
+    assert "Holm-corrected over the 2 mIoU comparisons: real: soft - nn @ 1/8, soft - nn-centred @ 1/8." in finding(report)
+
+
+def test_no_detectable_difference_says_the_paper_is_not_reproduced():
+    report = _report(_comparison("nn", "soft", 0.012, False), _comparison("nn-centred", "soft", -0.001, False))
+    assert verdict(report) == ("At 1/8 no difference between soft labels and NN is detectable: the paper's 10-30 mIoU "
+                               "gains (its Tables I and III) are not reproduced here.")
+    text = finding(report, "camvid/report.md")
+    assert "soft - NN = +1.20 mIoU (95% CI [+0.20, +2.20]; two-level bootstrap [+0.70, +1.70]; 5 paired seeds)" in text
+    assert "none is real (smallest adjusted p 0.5)" in text and text.count("Report: [camvid/report.md]") == 1
+
+
+def test_a_real_loss_is_reported_as_worse():
+    report = _report(_comparison("nn", "soft", -0.02, True), _comparison("nn-centred", "soft", -0.04, True))
+    assert verdict(report).startswith("At 1/8 soft labels are worse than NN and NN aligned at pixel centres")
+
+
+def test_replace_block_keeps_the_rest_and_refuses_a_file_without_markers():
+    text = f"head\n{BEGIN}\nold\n{END}\ntail\n"
+    assert replace_block(text, "new") == f"head\n{BEGIN}\nnew\n{END}\ntail\n"
+    with pytest.raises(SystemExit, match="README.md: no"):
+        replace_block("no markers", "new", "README.md")
+
+
+@pytest.mark.parametrize("doc, link", [("README.md", "docs/experiments/camvid/report.md"),
+                                       ("docs/experiments/camvid.md", "camvid/report.md")])
+def test_the_published_finding_is_the_committed_reports(doc, link):
+    """README's headline and camvid.md's status are regenerated from report.json, not typed."""
+    report = json.loads(REPORT.read_text())
+    block = re.search(re.escape(BEGIN) + r"\n(.*)\n" + re.escape(END), (ROOT / doc).read_text(), re.S).group(1)
+    assert block == finding(report, link)
+    assert (ROOT / link if doc == "README.md" else ROOT / "docs" / "experiments" / link).is_file()
