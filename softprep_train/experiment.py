@@ -350,7 +350,9 @@ def _invocation() -> str:
     if not sys.argv or not sys.argv[0]:
         return ""
     program = Path(sys.argv[0]).name
-    return shlex.join(["softprep-train" if program in ("cli.py", "softprep-train") else program, *sys.argv[1:]])
+    # --report-only reports what the same command without it trains (recorded runs are reused)
+    args = [a for a in sys.argv[1:] if a != "--report-only"]
+    return shlex.join(["softprep-train" if program in ("cli.py", "softprep-train") else program, *args])
 
 
 __all__ = ["ARMS", "Arm", "Settings", "run_experiment", "train_and_score"]

@@ -77,7 +77,7 @@ def verdict(report: dict) -> str:
         elif worse:
             lines.append(f"at {scale} soft labels are worse than {' and '.join(HARD_NAMES[a] for a in worse)}")
         else:
-            lines.append(f"at {scale} no difference between soft labels and NN is detectable")
+            lines.append(f"at {scale} soft labels are not distinguishable from NN, nor from NN aligned at pixel centres")
     if not lines:
         return "No soft-vs-NN comparison has two paired seeds yet."
     text = "; ".join(lines)
@@ -87,7 +87,7 @@ def verdict(report: dict) -> str:
 
 
 def finding(report: dict, link: str | None = None) -> str:
-    """The finding as one markdown paragraph (plus a table of arm means), every figure from ``report``;
+    """The finding as markdown (a verdict, bullets of figures, a table of arm means), every figure from ``report``;
     ``link``: the report's path from the file the text goes into (``None``: the report itself)."""
     s, conv, pairs = report["settings"], report["convergence"], _by_pair(report)
     interim = report["runs_recorded"] < report["runs_planned"]
@@ -102,7 +102,7 @@ def finding(report: dict, link: str | None = None) -> str:
         if said:
             parts.append(f"At {scale}: " + "; ".join(said) + ".")
     adjusted = [c["holm"]["adjusted_p"] for c in report["primary"]]
-    real = [c["name"] for c in report["primary"] if _real(c)]
+    real = [f"{c['name']} ({c['verdict'].removeprefix('real: ')})" for c in report["primary"] if _real(c)]
     if adjusted:
         parts.append(f"Holm-corrected over the {len(adjusted)} mIoU comparisons: "
                      + (f"real: {', '.join(real)}." if real else f"none is real (smallest adjusted p {min(adjusted):.2g})."))
@@ -117,12 +117,14 @@ def finding(report: dict, link: str | None = None) -> str:
                      f"{'converged' if conv['converged'] else 'NOT converged'} (last 20% of epochs "
                      f"{conv['gain_last_20pct']:+.2f} points), thin classes above {conv['learned_above']:.0f} IoU: "
                      f"{', '.join(conv['thin_learned']) or 'none'}.")
+    parts.append(f"Compute: {report['cpu_minutes_of_runs']:.0f} CPU-minutes in {report['runs_recorded']} runs "
+                 f"({report['machine']}).")
     if link:
         parts.append(f"Report: [{link}]({link}).")
     rows = ["| arm | scale | seeds | mIoU mean ± std |", "|---|---|---|---|"]
     rows += [f"| {e['arm']} | {target_label(e['scale'])} | {e['seeds']} | {100 * e['miou_mean']:.1f} ± "
              f"{100 * e['miou_std']:.1f} |" for e in report["summary"].values()]
-    return " ".join(parts) + "\n\n" + "\n".join(rows)
+    return parts[0] + "\n\n" + "\n".join(f"- {part}" for part in parts[1:]) + "\n\n" + "\n".join(rows)
 
 
 def replace_block(text: str, block: str, path: str = "file") -> str:

@@ -101,8 +101,17 @@ def summarise(settings: Settings, results: list[dict]) -> dict:
                 "iou_mean": [None if np.isnan(v) else float(v) for v in iou_mean],
                 "curve_epochs": epochs, "curve_mean": curves.mean(0).tolist(), "curve_min": curves.min(0).tolist(),
                 "curve_max": curves.max(0).tolist(), "minutes_mean": float(np.mean([r["seconds"] for r in runs]) / 60),
+                **_last_fifth(epochs, curves.mean(0).tolist()),
             }
     return out
+
+
+def _last_fifth(epochs: list[int], mean: list[float]) -> dict:
+    """The epoch nearest 80% of the run and the mean curve's gain (mIoU points) from there to the end."""
+    if len(epochs) < 2:
+        return {}
+    at_80 = min(range(len(epochs)), key=lambda i: abs(epochs[i] - 0.8 * epochs[-1]))
+    return {"epoch_80": epochs[at_80], "gain_last_20pct": 100 * (mean[-1] - mean[at_80])}
 
 
 def convergence(settings: Settings, summary: dict, classes: list[str], thin: list[str]) -> dict:
@@ -110,14 +119,13 @@ def convergence(settings: Settings, summary: dict, classes: list[str], thin: lis
     learning curve at 80%), and which thin classes it learned (> 10 IoU)."""
     scale = target_name(settings.scales[0])
     entry = summary.get(f"nn@{scale}")
-    if not entry or len(entry["curve_epochs"]) < 2:
+    if not entry or "gain_last_20pct" not in entry:
         return {}
-    epochs, mean = entry["curve_epochs"], entry["curve_mean"]
-    at_80 = min(range(len(epochs)), key=lambda i: abs(epochs[i] - 0.8 * epochs[-1]))
-    gain = 100 * (mean[-1] - mean[at_80])
+    gain = entry["gain_last_20pct"]
     learned = [c for c in thin if (v := entry["iou_mean"][classes.index(c)]) is not None and 100 * v > LEARNED_ABOVE]
     return {"scale": scale, "miou": 100 * entry["miou_mean"], "bar": BASELINE_AT_LEAST,
-            "above_bar": 100 * entry["miou_mean"] >= BASELINE_AT_LEAST, "epoch_80": epochs[at_80], "epochs": epochs[-1],
+            "above_bar": 100 * entry["miou_mean"] >= BASELINE_AT_LEAST, "epoch_80": entry["epoch_80"],
+            "epochs": entry["curve_epochs"][-1],
             "gain_last_20pct": gain, "converged": gain < CONVERGED_BELOW, "learned_above": LEARNED_ABOVE,
             "thin_learned": learned, "thin_learned_enough": len(learned) >= THIN_LEARNED_AT_LEAST}
 
@@ -160,8 +168,8 @@ def _json_default(value):
 def machine() -> str:
     import torch
 
-    return (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPU cores, no GPU used, "
-            f"Python {platform.python_version()}, torch {torch.__version__}").replace("  ", " ")
+    cpu = " ".join(filter(None, (platform.machine(), platform.processor())))
+    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU used, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def priors_tables(settings: Settings, stores: dict) -> str:
@@ -296,12 +304,13 @@ def _comparison_rows(family: list[Comparison]) -> list[str]:
 
 def _iou_table(report: dict) -> list[str]:
     classes = report["classes"]
-    lines = ["| arm | scale | seeds | " + " | ".join(classes) + " | mIoU (mean ± std) |",
-             "|---|---|---|" + "---|" * (len(classes) + 1)]
+    lines = ["| arm | scale | seeds | " + " | ".join(classes) + " | mIoU (mean ± std) | last 20% of epochs |",
+             "|---|---|---|" + "---|" * (len(classes) + 2)]
     for entry in report["summary"].values():
         cells = ["-" if v is None else f"{100 * v:.1f}" for v in entry["iou_mean"]]
+        gain = f"{entry['gain_last_20pct']:+.2f}" if "gain_last_20pct" in entry else "-"
         lines.append(f"| {entry['arm']} | {target_label(entry['scale'])} | {entry['seeds']} | " + " | ".join(cells)
-                     + f" | {100 * entry['miou_mean']:.1f} ± {100 * entry['miou_std']:.1f} |")
+                     + f" | {100 * entry['miou_mean']:.1f} ± {100 * entry['miou_std']:.1f} | {gain} |")
     return lines
 
 
@@ -359,7 +368,9 @@ def markdown(report: dict, primary: list[Comparison], secondary: list[Comparison
                   f"({'met' if conv['thin_learned_enough'] else 'NOT met'}).", ""]
     else:
         lines += ["Not judged: the run has no learning curve (a run by iterations, e.g. --quick).", ""]
-    lines += ["## Per-class IoU and mIoU (mean over seeds)", "", *_iou_table(report), "",
+    lines += ["## Per-class IoU and mIoU (mean over seeds)", "",
+              "The last column: mean mIoU gained over the last 20% of epochs (points; below 1: converged).", "",
+              *_iou_table(report), "",
               "## Secondary endpoints: thin-class IoU, soft against the hard arms", "",
               "A second Holm family over these comparisons; same columns (IoU points).", "",
               *_comparison_rows(secondary), ""]

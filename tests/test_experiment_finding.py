@@ -25,7 +25,8 @@ def _comparison(a: str, b: str, mean: float, real: bool, scale: str = "1/8") -> 
 def _report(*comparisons: dict) -> dict:
     return {"settings": {"arms": {"0.125": ["nn", "nn-centred", "soft"]}, "epochs": {"0.125": 60}, "dataset": "camvid",
                          "model": "unet_small", "eval_split": "val"},
-            "runs_recorded": 15, "runs_planned": 15, "convergence": {}, "summary": {}, "primary": list(comparisons)}
+            "runs_recorded": 15, "runs_planned": 15, "cpu_minutes_of_runs": 123.4,
+            "machine": "x86_64, 2 CPU cores, no GPU used", "convergence": {}, "summary": {}, "primary": list(comparisons)}
 
 
 def test_a_gain_over_nn_that_aligned_nn_also_has_is_called_alignment():
@@ -37,15 +38,17 @@ def test_a_gain_over_nn_that_aligned_nn_also_has_is_called_alignment():
 def test_a_gain_over_both_hard_arms_is_reported_as_such():
     report = _report(_comparison("nn", "soft", 0.05, True), _comparison("nn-centred", "soft", 0.03, True))
     assert verdict(report) == "At 1/8 soft labels beat both NN and NN aligned at pixel centres."
-    assert "Holm-corrected over the 2 mIoU comparisons: real: soft - nn @ 1/8, soft - nn-centred @ 1/8." in finding(report)
+    assert ("Holm-corrected over the 2 mIoU comparisons: real: soft - nn @ 1/8 (soft better than nn), "
+            "soft - nn-centred @ 1/8 (soft better than nn-centred).") in finding(report)
 
 
 def test_no_detectable_difference_says_the_paper_is_not_reproduced():
     report = _report(_comparison("nn", "soft", 0.012, False), _comparison("nn-centred", "soft", -0.001, False))
-    assert verdict(report) == ("At 1/8 no difference between soft labels and NN is detectable: the paper's 10-30 mIoU "
-                               "gains (its Tables I and III) are not reproduced here.")
+    assert verdict(report) == ("At 1/8 soft labels are not distinguishable from NN, nor from NN aligned at pixel centres: "
+                               "the paper's 10-30 mIoU gains (its Tables I and III) are not reproduced here.")
     text = finding(report, "camvid/report.md")
     assert "soft - NN = +1.20 mIoU (95% CI [+0.20, +2.20]; two-level bootstrap [+0.70, +1.70]; 5 paired seeds)" in text
+    assert "Compute: 123 CPU-minutes in 15 runs (x86_64, 2 CPU cores, no GPU used)." in text
     assert "none is real (smallest adjusted p 0.5)" in text and text.count("Report: [camvid/report.md]") == 1
 
 
