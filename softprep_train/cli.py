@@ -164,9 +164,11 @@ def predict(checkpoint, images, out, mode, device, no_verify):
 @click.option("--arms", default=None, help="Comma-separated arms for every scale (default: nn,nn-centred,soft,soft-no-mc,"
               "soft-bilinear at 1/8; nn,nn-centred,soft at 1/4).")
 @click.option("--scales", default=None, help="Comma-separated training scales (default 0.125,0.25).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Epochs of every run at every scale (default: 60 at 1/8, 30 at 1/4).")
 @click.option("--jobs", default=2, show_default=True, help="Runs trained at a time (one core each).")
 @click.option("--report-only", is_flag=True, help="Train nothing: report the runs recorded so far (an interim report).")
-def experiment(root, out, dataset, eval_split, quick, seeds, arms, scales, jobs, report_only):
+def experiment(root, out, dataset, eval_split, quick, seeds, arms, scales, epochs, jobs, report_only):
     """Soft labels against nearest neighbour, paired by seed: arms nn, nn-centred, soft, soft-no-mc,
     soft-bilinear trained to convergence, scored at full resolution, compared with t and bootstrap
     CIs (Holm-corrected); report.md/.json, learning curves and predictions in OUT."""
@@ -185,6 +187,8 @@ def experiment(root, out, dataset, eval_split, quick, seeds, arms, scales, jobs,
         settings.seeds = {k: tuple(int(v) for v in seeds.split(",")) for k in settings.arms}
     if arms:
         settings.arms = {k: tuple(a.strip() for a in arms.split(",")) for k in settings.arms}
+    if epochs:
+        settings.epochs = {k: epochs for k in settings.arms}
     report = run_experiment(settings, log=lambda text: click.echo(text, err=True), report_only=report_only)
     click.echo(f"{out / 'report.md'}: {len(report['runs'])} runs")
     for comparison in report["primary"]:

@@ -59,28 +59,29 @@ def _scales(report: dict) -> list[str]:
     return [target_label(target_name(s)) for s in report["settings"]["arms"]]
 
 
+def _outcome(over_nn: dict, over_centred: dict | None) -> str:
+    """What soft labels did at one scale against the two hard arms, in words."""
+    better = [a for a, c in (("nn", over_nn), ("nn-centred", over_centred)) if c and _real(c) and c["t"]["mean"] > 0]
+    worse = [a for a, c in (("nn", over_nn), ("nn-centred", over_centred)) if c and _real(c) and c["t"]["mean"] < 0]
+    if better == ["nn", "nn-centred"]:
+        return "soft labels beat both NN and NN aligned at pixel centres"
+    if better == ["nn"]:
+        return "soft labels beat NN but not NN aligned at pixel centres: the gain is alignment, not softness"
+    if worse:
+        return f"soft labels are worse than {' and '.join(HARD_NAMES[a] for a in worse)}"
+    return "soft labels are not distinguishable from NN, nor from NN aligned at pixel centres"
+
+
 def verdict(report: dict) -> str:
     """One sentence: does soft beat the hard arms, and is any gain alignment rather than softness?"""
     pairs = _by_pair(report)
-    lines = []
+    outcomes: dict[str, list[str]] = {}  # outcome -> scales, in the protocol's order
     for scale in _scales(report):
-        over_nn, over_centred = pairs.get(("nn", "soft", scale)), pairs.get(("nn-centred", "soft", scale))
-        if over_nn is None:
-            continue
-        better = [a for a, c in (("nn", over_nn), ("nn-centred", over_centred)) if c and _real(c) and c["t"]["mean"] > 0]
-        worse = [a for a, c in (("nn", over_nn), ("nn-centred", over_centred)) if c and _real(c) and c["t"]["mean"] < 0]
-        if better == ["nn", "nn-centred"]:
-            lines.append(f"at {scale} soft labels beat both NN and NN aligned at pixel centres")
-        elif better == ["nn"]:
-            lines.append(f"at {scale} soft labels beat NN but not NN aligned at pixel centres: the gain is alignment, "
-                         "not softness")
-        elif worse:
-            lines.append(f"at {scale} soft labels are worse than {' and '.join(HARD_NAMES[a] for a in worse)}")
-        else:
-            lines.append(f"at {scale} soft labels are not distinguishable from NN, nor from NN aligned at pixel centres")
-    if not lines:
+        if (over_nn := pairs.get(("nn", "soft", scale))) is not None:
+            outcomes.setdefault(_outcome(over_nn, pairs.get(("nn-centred", "soft", scale))), []).append(scale)
+    if not outcomes:
         return "No soft-vs-NN comparison has two paired seeds yet."
-    text = "; ".join(lines)
+    text = "; ".join(f"at {' and '.join(scales)} {outcome}" for outcome, scales in outcomes.items())
     if not any(_real(c) and c["t"]["mean"] > 0 for (a, b, _), c in pairs.items() if (a, b) in SOFT_VS_HARD):
         text += f": the paper's {PAPER_GAIN} mIoU gains (its Tables I and III) are not reproduced here"
     return text[0].upper() + text[1:] + "."

@@ -72,3 +72,14 @@ def test_the_published_finding_is_the_committed_reports(doc, link):
     block = re.search(re.escape(BEGIN) + r"\n(.*)\n" + re.escape(END), (ROOT / doc).read_text(), re.S).group(1)
     assert block == finding(report, link)
     assert (ROOT / link if doc == "README.md" else ROOT / "docs" / "experiments" / link).is_file()
+
+
+def test_scales_with_the_same_outcome_share_one_clause():
+    report = _report(_comparison("nn", "soft", 0.01, False), _comparison("nn-centred", "soft", 0.0, False),
+                     _comparison("nn", "soft", 0.03, True, "1/4"), _comparison("nn-centred", "soft", 0.0, False, "1/4"),
+                     _comparison("nn", "soft", 0.01, False, "1/2"), _comparison("nn-centred", "soft", 0.0, False, "1/2"))
+    report["settings"]["arms"] = {"0.125": ["nn", "nn-centred", "soft"], "0.25": ["nn", "nn-centred", "soft"],
+                                  "0.5": ["nn", "nn-centred", "soft"]}
+    assert verdict(report) == ("At 1/8 and 1/2 soft labels are not distinguishable from NN, nor from NN aligned at pixel "
+                               "centres; at 1/4 soft labels beat NN but not NN aligned at pixel centres: the gain is "
+                               "alignment, not softness.")
