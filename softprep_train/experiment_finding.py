@@ -114,10 +114,11 @@ def finding(report: dict, link: str | None = None) -> str:
             parts.append(f"Also at {scale}: " + "; ".join(said) + ".")
     if conv:
         parts.append(f"The NN baseline at {target_label(conv['scale'])}: {conv['miou']:.1f} mIoU "
-                     f"({'meets' if conv['above_bar'] else 'below'} the protocol's bar of {conv['bar']:.0f}), "
-                     f"{'converged' if conv['converged'] else 'NOT converged'} (last 20% of epochs "
-                     f"{conv['gain_last_20pct']:+.2f} points), thin classes above {conv['learned_above']:.0f} IoU: "
-                     f"{', '.join(conv['thin_learned']) or 'none'}.")
+                     f"({'meets' if conv['above_bar'] else 'below'} the protocol's bar of {conv['bar']:.0f}); its last "
+                     f"20% of epochs added {conv['gain_last_20pct']:+.2f} points (plateau bar: under 1, "
+                     f"{'met' if conv['converged'] else 'NOT met'}); thin classes above {conv['learned_above']:.0f} IoU: "
+                     f"{', '.join(conv['thin_learned']) or 'none'} (at least {conv['thin_needed']} needed: "
+                     f"{'met' if conv['thin_learned_enough'] else 'NOT met'}).")
     parts.append(f"Compute: {report['cpu_minutes_of_runs']:.0f} CPU-minutes in {report['runs_recorded']} runs "
                  f"({report['machine']}).")
     if link:

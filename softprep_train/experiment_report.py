@@ -127,7 +127,8 @@ def convergence(settings: Settings, summary: dict, classes: list[str], thin: lis
             "above_bar": 100 * entry["miou_mean"] >= BASELINE_AT_LEAST, "epoch_80": entry["epoch_80"],
             "epochs": entry["curve_epochs"][-1],
             "gain_last_20pct": gain, "converged": gain < CONVERGED_BELOW, "learned_above": LEARNED_ABOVE,
-            "thin_learned": learned, "thin_learned_enough": len(learned) >= THIN_LEARNED_AT_LEAST}
+            "thin_learned": learned, "thin_needed": THIN_LEARNED_AT_LEAST,
+            "thin_learned_enough": len(learned) >= THIN_LEARNED_AT_LEAST}
 
 
 def write_report(settings: Settings, stores: dict, results: list[dict], seconds: float, command: str = "",

@@ -112,3 +112,15 @@ def test_arms_stores_must_share_every_colour_image(demo_root, tmp_path):
                               open_store(stores["area"]).samples("train", "0.25")[victim].image)
     with pytest.raises(SoftprepError, match=f"colour image {view.ids[victim]} at 0.25 differs from the area store's"):
         _check_same_colour(stores, settings)
+
+
+def test_epochs_option_sets_every_scale_and_an_empty_report_is_interim(demo_root, tmp_path):
+    out = tmp_path / "exp"
+    result = subprocess.run([sys.executable, "-m", "softprep_train.cli", "experiment", "--dataset", "cityscapes",
+                             "--root", str(demo_root), "--out", str(out), "--epochs", "7", "--arms", "nn,soft",
+                             "--seeds", "0,1", "--report-only"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "runs: 8 planned, 0 already recorded, 0 to train" in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["epochs"] == {"0.125": 7, "0.25": 7} and report["runs_planned"] == 8
+    assert "**Interim report: 0 of 8 runs recorded.**" in (out / "report.md").read_text()
