@@ -180,11 +180,9 @@ def _check_same_colour(stores: dict[str, Path], settings: Settings) -> None:
 
 def _first_differing_image(ours, theirs) -> str | None:
     """The id of the first image whose colour differs between two views of one split, else None."""
-    if ours.ids != theirs.ids or ours.buckets != theirs.buckets or ours.positions != theirs.positions \
-            or not np.array_equal(ours.sizes, theirs.sizes):
-        return next((ours.ids[i] for i in range(len(ours)) if i >= len(theirs) or ours.ids[i] != theirs.ids[i]
-                     or not np.array_equal(ours[i].image, theirs[i].image)), None)
-    for name in dict.fromkeys(ours.buckets):
+    if ours.ids != theirs.ids or not np.array_equal(ours.sizes, theirs.sizes):  # not the same images at all
+        return next((a for a, b in zip(ours.ids, theirs.ids) if a != b), ours.ids[0] if ours.ids else "(none)")
+    for name in dict.fromkeys(ours.buckets):  # equal sizes: equal buckets and positions
         members = [i for i, bucket in enumerate(ours.buckets) if bucket == name]  # in bucket-position order
         a, b = ours.bucket(members[0])["image"][:], theirs.bucket(members[0])["image"][:]
         if not np.array_equal(a, b):

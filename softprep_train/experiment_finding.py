@@ -32,18 +32,20 @@ OTHERS = ((("nn", "nn-centred"), "aligning NN at pixel centres (nn-centred - nn)
           (("soft", "soft-bilinear"), "the paper's bilinear kernel (soft-bilinear - soft)"))
 
 
-def _points(value: float) -> str:
+def points(value: float) -> str:
+    """A difference (a fraction) in signed points with two decimals: ``+1.19``."""
     return f"{100 * value:+.2f}"
 
 
-def _ci(low: float, high: float) -> str:
+def ci_text(low: float, high: float) -> str:
+    """A CI (fractions) in points: ``[-3.04, +5.43]``."""
     return f"[{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 def _describe(c: dict) -> str:
     """``+1.19 mIoU (95% CI [-3.04, +5.43]; bootstrap [-0.97, +3.43]; 4 seeds)``."""
-    return (f"{_points(c['t']['mean'])} mIoU (95% CI {_ci(c['t']['low'], c['t']['high'])}; two-level bootstrap "
-            f"{_ci(*c['bootstrap'])}; {c['seeds']} paired seeds)")
+    return (f"{points(c['t']['mean'])} mIoU (95% CI {ci_text(c['t']['low'], c['t']['high'])}; two-level bootstrap "
+            f"{ci_text(*c['bootstrap'])}; {c['seeds']} paired seeds)")
 
 
 def _real(c: dict) -> bool:
@@ -108,7 +110,7 @@ def finding(report: dict, link: str | None = None) -> str:
         parts.append(f"Holm-corrected over the {len(adjusted)} mIoU comparisons: "
                      + (f"real: {', '.join(real)}." if real else f"none is real (smallest adjusted p {min(adjusted):.2g})."))
     for scale in _scales(report):
-        said = [f"{what}: {_points(c['t']['mean'])} mIoU (95% CI {_ci(c['t']['low'], c['t']['high'])})"
+        said = [f"{what}: {points(c['t']['mean'])} mIoU (95% CI {ci_text(c['t']['low'], c['t']['high'])})"
                 for (a, b), what in OTHERS if (c := pairs.get((a, b, scale)))]
         if said:
             parts.append(f"Also at {scale}: " + "; ".join(said) + ".")

@@ -19,7 +19,7 @@ from softprep.plan import target_name
 from softprep.priors import render, store_priors, target_label
 from softprep.store import open_store
 from softprep_train.comparison import Comparison, PairInput, compare_family, iou_from_confusion
-from softprep_train.experiment_finding import finding
+from softprep_train.experiment_finding import ci_text, finding
 from softprep_train.experiment import ARMS, COLOUR_KERNEL, COMPARISONS, FULL, THIN_CLASSES, Settings, run_name
 
 #: The convergence bar of the protocol: the NN arm's gain over the last 20% of epochs, in mIoU points.
@@ -289,17 +289,13 @@ def predictions(settings: Settings, stores: dict, classes: list[str], thin: list
     return path
 
 
-def _ci(low: float, high: float) -> str:
-    return f"[{100 * low:+.2f}, {100 * high:+.2f}]"
-
-
 def _comparison_rows(family: list[Comparison]) -> list[str]:
     lines = ["| comparison | seeds | mean paired diff | 95% CI (t) | 95% CI (bootstrap: seeds, images) | Holm p | "
              "corrected CI (t) | corrected CI (bootstrap) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for c in family:
-        lines.append(f"| {c.name} | {c.seeds} | {100 * c.t.mean:+.2f} | {_ci(c.t.low, c.t.high)} | {_ci(*c.bootstrap)} | "
-                     f"{c.holm.adjusted_p:.3g} | {_ci(c.t_corrected.low, c.t_corrected.high)} ({100 * c.holm.level:.2f}%) | "
-                     f"{_ci(*c.bootstrap_corrected)} | {c.verdict} |")
+        lines.append(f"| {c.name} | {c.seeds} | {100 * c.t.mean:+.2f} | {ci_text(c.t.low, c.t.high)} | {ci_text(*c.bootstrap)} | "
+                     f"{c.holm.adjusted_p:.3g} | {ci_text(c.t_corrected.low, c.t_corrected.high)} ({100 * c.holm.level:.2f}%) | "
+                     f"{ci_text(*c.bootstrap_corrected)} | {c.verdict} |")
     return lines
 
 
