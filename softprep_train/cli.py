@@ -15,6 +15,7 @@ import numpy as np
 from softprep.errors import SoftprepError
 from softprep.options import LOCATION, SIZE, OneLineErrors, dataset_choice, device_option, no_verify_option, out_folder
 from softprep_train.config import TrainConfig, default
+from softprep_train.experiment import DEFAULT_ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, per_scale_text
 
 try:  # the registries name --model's and --loss's choices; without torch, entry() says what to install
     from softprep_train.data import NN_SAMPLINGS
@@ -154,18 +155,21 @@ def predict(checkpoint, images, out, mode, device, no_verify):
     click.echo(f"wrote {len(written)} masks to {out}")
 
 
+def _joined(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
 @main.command()
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root (for camvid: SegNet's layout).")
 @out_folder("Folder for stores, runs (checkpoints, commands, results) and the report; rerun to resume.")
 @click.option("--dataset", default="camvid", show_default=True, type=dataset_choice(), help="Dataset adapter of --root (folder: your own).")
 @click.option("--eval-split", default="val", show_default=True, help="Labelled split every run is scored on.")
 @click.option("--quick", is_flag=True, help="Every arm at 1/8, 2 seeds, 4 iterations each (under 2 minutes): a smoke test.")
-@click.option("--seeds", default=None, help="Comma-separated seeds for every scale (default: 0-4 at 1/8, 0-2 at 1/4).")
-@click.option("--arms", default=None, help="Comma-separated arms for every scale (default: nn,nn-centred,soft,soft-no-mc,"
-              "soft-bilinear at 1/8; nn,nn-centred,soft at 1/4).")
-@click.option("--scales", default=None, help="Comma-separated training scales (default 0.125,0.25).")
+@click.option("--seeds", default=None, help=f"Comma-separated seeds for every scale (default: {per_scale_text(DEFAULT_SEEDS, _joined)}).")
+@click.option("--arms", default=None, help=f"Comma-separated arms for every scale (default: {per_scale_text(DEFAULT_ARMS, _joined)}).")
+@click.option("--scales", default=None, help=f"Comma-separated training scales (default: {_joined(DEFAULT_ARMS)}).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
-              help="Epochs of every run at every scale (default: 60 at 1/8, 30 at 1/4).")
+              help=f"Epochs of every run at every scale (default: {per_scale_text(DEFAULT_EPOCHS)}).")
 @click.option("--jobs", default=2, show_default=True, help="Runs trained at a time (one core each).")
 @click.option("--report-only", is_flag=True, help="Train nothing: report the runs recorded so far (an interim report).")
 def experiment(root, out, dataset, eval_split, quick, seeds, arms, scales, epochs, jobs, report_only):
