@@ -326,8 +326,9 @@ def markdown(report: dict, primary: list[Comparison], secondary: list[Comparison
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}.  ",
         f"Compute: {report['cpu_minutes_of_runs']:.0f} CPU-minutes of training and evaluation in "
-        f"{len(report['runs'])} runs, {s['jobs']} at a time; this invocation took {report['minutes_this_invocation']:.1f} "
-        "minutes (runs recorded by earlier invocations are reused).",
+        f"{len(report['runs'])} runs, {s['jobs']} at a time; this invocation spent "
+        f"{report['minutes_this_invocation']:.1f} minutes of wall time on stores and training, before this report (runs "
+        "recorded by earlier invocations are reused).",
         "",
         f"Protocol: {schedule}; batch {s['batch_size']}, {s['optimizer']} lr {s['lr']} with poly decay, weight decay "
         f"{s['weight_decay']}; the paper's augmentation (resize U(0.5, 2), crop the stored size, flip), drawn "
