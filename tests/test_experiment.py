@@ -124,3 +124,16 @@ def test_epochs_option_sets_every_scale_and_an_empty_report_is_interim(demo_root
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["epochs"] == {"0.125": 7, "0.25": 7} and report["runs_planned"] == 8
     assert "**Interim report: 0 of 8 runs recorded.**" in (out / "report.md").read_text()
+
+
+def test_help_states_the_default_protocol_from_the_settings():
+    from click.testing import CliRunner
+
+    from softprep_train.cli import main
+    from softprep_train.experiment import Settings, per_scale_text
+
+    assert per_scale_text({"0.125": 90, "0.25": 30}) == "90 at 1/8; 30 at 1/4"
+    defaults = Settings("root", "out")
+    assert defaults.epochs == {"0.125": 90, "0.25": 30} and defaults.seeds == {"0.125": (0, 1, 2, 3, 4), "0.25": (0, 1, 2)}
+    text = " ".join(CliRunner().invoke(main, ["experiment", "--help"]).output.split())
+    assert "(default: 90 at 1/8; 30 at 1/4)" in text and "(default: 0,1,2,3,4 at 1/8; 0,1,2 at 1/4)" in text
