@@ -25,6 +25,7 @@ One protocol for any dataset adapter's root (CamVid by default):
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -337,14 +338,14 @@ def run_experiment(settings: Settings, log: Callable[[str], None] = print, repor
         jobs = max(1, min(settings.jobs, len(todo)))
         threads = max(1, (os.cpu_count() or 1) // jobs)
         tasks = (delayed(train_and_score)(settings, stores, *run, threads, os.getpid()) for run in todo)
-        done_seconds = []
+        run_seconds = []
         for result in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
             results[(_scale_key(settings, result["scale"]), result["arm"], result["seed"])] = result
-            done_seconds.append(time.perf_counter() - started)
-            left = len(todo) - len(done_seconds)
-            eta = done_seconds[-1] / len(done_seconds) * left
+            run_seconds.append(result["seconds"])
+            left = len(todo) - len(run_seconds)
+            eta = np.mean(run_seconds) * math.ceil(left / jobs)  # runs finish `jobs` at a time
             log(f"{result['arm']:<13} {result['scale']:>5} seed {result['seed']}: mIoU {100 * result['miou']:.1f} "
-                f"({result['seconds'] / 60:.1f} min); {len(done_seconds)}/{len(todo)} done, about {eta / 60:.0f} min left")
+                f"({result['seconds'] / 60:.1f} min); {len(run_seconds)}/{len(todo)} done, about {eta / 60:.0f} min left")
     log("report: statistics and pictures ...")
     report = write_report(settings, stores, [results[run] for run in runs if run in results],
                           time.perf_counter() - started, command=_invocation(), planned=len(runs))
