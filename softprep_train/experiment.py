@@ -30,6 +30,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -339,13 +340,17 @@ def run_experiment(settings: Settings, log: Callable[[str], None] = print, repor
         threads = max(1, (os.cpu_count() or 1) // jobs)
         tasks = (delayed(train_and_score)(settings, stores, *run, threads, os.getpid()) for run in todo)
         run_seconds = []
-        for result in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
-            results[(_scale_key(settings, result["scale"]), result["arm"], result["seed"])] = result
-            run_seconds.append(result["seconds"])
-            left = len(todo) - len(run_seconds)
-            eta = np.mean(run_seconds) * math.ceil(left / jobs)  # runs finish `jobs` at a time
-            log(f"{result['arm']:<13} {result['scale']:>5} seed {result['seed']}: mIoU {100 * result['miou']:.1f} "
-                f"({result['seconds'] / 60:.1f} min); {len(run_seconds)}/{len(todo)} done, about {eta / 60:.0f} min left")
+        # loky replaces a worker whose memory grew by more than 300 MB during a run (the run's cache
+        # and model); the run was recorded, so its warning only alarms
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
+            for result in Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks):
+                results[(_scale_key(settings, result["scale"]), result["arm"], result["seed"])] = result
+                run_seconds.append(result["seconds"])
+                left = len(todo) - len(run_seconds)
+                eta = np.mean(run_seconds) * math.ceil(left / jobs)  # runs finish `jobs` at a time
+                log(f"{result['arm']:<13} {result['scale']:>5} seed {result['seed']}: mIoU {100 * result['miou']:.1f} "
+                    f"({result['seconds'] / 60:.1f} min); {len(run_seconds)}/{len(todo)} done, about {eta / 60:.0f} min left")
     log("report: statistics and pictures ...")
     report = write_report(settings, stores, [results[run] for run in runs if run in results],
                           time.perf_counter() - started, command=_invocation(), planned=len(runs))
