@@ -71,7 +71,6 @@ ARMS = {arm.name: arm for arm in (
     Arm("soft-bilinear", "bilinear", "kl", about="bilinear soft labels (the paper's kernel), area colour"),
 )}
 
-#: (a, b): the comparisons ``b - a`` reported, where both arms ran at a scale.
 #: The default protocol per training scale (a stored factor name). 90 epochs at 1/8: at 60 the NN
 #: arm stopped below 45 mIoU (44.2 over 5 seeds) while still learning; at 90 seed 3, its weakest,
 #: went from 43.5 to 46.7.
@@ -81,10 +80,11 @@ DEFAULT_EPOCHS = {"0.125": 90, "0.25": 30}
 
 
 def per_scale_text(table: dict, show=str) -> str:
-    """A per-scale default for ``--help``: ``{"0.125": 90, "0.25": 30}`` -> ``90 at 1/8, 30 at 1/4``."""
+    """A per-scale default for ``--help``: ``{"0.125": 90, "0.25": 30}`` -> ``90 at 1/8; 30 at 1/4``."""
     return "; ".join(f"{show(value)} at 1/{round(1 / float(scale))}" for scale, value in table.items())
 
 
+#: (a, b): the comparisons ``b - a`` reported, where both arms ran at a scale.
 COMPARISONS = (("nn", "soft"), ("nn-centred", "soft"), ("nn", "nn-centred"), ("soft", "soft-no-mc"),
                ("soft", "soft-bilinear"))
 #: CamVid's thin classes (the secondary endpoints); other datasets: their rarest classes.
