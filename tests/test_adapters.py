@@ -95,9 +95,11 @@ def test_mapillary_reads_the_class_table_of_its_config(tmp_path):
 def test_camvid(tmp_path):
     root = require(CAMVID)
     dataset = get_dataset("camvid", root)
-    assert dataset.splits() == ["train", "val"] and dataset.num_classes == 11
-    assert [len(dataset.samples(s)) for s in dataset.splits()] == [367, 101]
-    assert dataset.samples("val")[0].id == Path((root / "CamVid" / "val.txt").read_text().split()[0]).stem
+    assert dataset.splits() == ["train", "val", "test"] and dataset.num_classes == 11
+    assert [len(dataset.samples(s)) for s in dataset.splits()] == [367, 101, 233]
+    for split in dataset.splits():  # the official pairing lists name the same files
+        listed = sorted(Path(line.split()[0]).stem for line in (root / "CamVid" / f"{split}.txt").read_text().splitlines())
+        assert [s.id for s in dataset.samples(split)] == listed, split
     build_and_check("camvid", root, tmp_path / "c.zarr", {**{v: v for v in range(11)}, 11: 255}, splits=["val"])
 
 
