@@ -8,6 +8,7 @@ same shard file; the parent alone writes the per-image records and ``done`` mark
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from softprep.datasets import Dataset, Sample
-from softprep.datasets.base import stored_sample
-from softprep.errors import SoftprepError
+from softprep.datasets.base import label_digests, stored_sample
+from softprep.errors import SoftprepError, printable
 from softprep.kernels import DEFAULT_KERNEL, KERNELS
 from softprep.location import is_remote, location
 from softprep.parallel import default_jobs, die_with_parent, run_tasks, stop_if_orphaned
@@ -26,8 +27,9 @@ from softprep.plan import ResamplingPlan, Target, parse_targets
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
 from softprep.softlabel import pack
 from softprep.store import (
+    FORMAT_VERSION, RESERVED_SUFFIXES, foreign_folder, softprep_marker,
     DEFAULT_SHARD_SIZE, SampleRecords, SampleResult, SplitSpec, StoreSpec, Task, TargetResult, create_store_atomically,
-    delete_store, mark_complete, open_store, remove_partial_files, store_lock, unfinished_creation, write_records,
+    delete_store, mark_complete, write_split_attrs, open_store, remove_partial_files, store_lock, unfinished_creation, write_records,
     write_shard,
 )
 
@@ -93,23 +95,14 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
                      dataset.ignore_index, kernel, antialias, [t.name for t in targets], shard_size,
                      image_kernel=image_kernel or kernel)
     for split in splits:
-        try:
-            samples = dataset.samples(split)
-        except OSError as error:
-            raise SoftprepError(f"{error.filename or dataset.root}: cannot list the {split} split ({error.strerror}); "
-                                "check the folder's permissions") from None
-        if not samples:
-            raise SoftprepError(f"{dataset.root}: split {split!r} has no image/label pairs; check --root and --splits")
-        _refuse_duplicate_ids(samples)
-        spec.splits[split] = SplitSpec(
-            ids=[s.id for s in samples],
-            images=[str(s.image.relative_to(dataset.root)) for s in samples],
-            labels=[str(s.label.relative_to(dataset.root)) for s in samples],
-            sizes=[list(dataset.size(s)) for s in samples],
-        )
-    for split, split_spec in spec.splits.items():  # every plan once now: an impossible size fails before any work
-        for i, (height, width) in enumerate(split_spec.sizes):
-            where = dataset.root / split_spec.images[i]
+        spec.splits[split] = split_spec(dataset, split)
+    for split, found in spec.splits.items():  # every plan once now: an impossible size fails before any work
+        for i, (height, width) in enumerate(found.sizes):
+            where = dataset.root / found.images[i]
+            vanishing = [t for t in targets if t.factor is not None and math.floor(min(height, width) * t.factor) < 1]
+            if vanishing:
+                raise SoftprepError(f"{where}: --scales {vanishing[0].name} makes this {width}x{height} image smaller than "
+                                    f"one pixel (floor(side x factor) = 0); use factors of at least 1/{min(height, width)}")
             if height * width > max_pixels:
                 raise SoftprepError(f"{where}: {width}x{height} is {height * width / 1e6:.1f} megapixels, over the "
                                     f"--max-pixels limit of {max_pixels / 1e6:g} (about 1 GiB per worker); raise "
@@ -121,6 +114,49 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
                 raise SoftprepError(f"{where}: its outputs ({sizes}, WxH) total {outputs / 1e6:.1f} megapixels, over the "
                                     f"--max-pixels limit of {max_pixels / 1e6:g}; use smaller targets")
     return spec
+
+
+def split_spec(dataset: Dataset, split: str) -> SplitSpec:
+    """The images of ``split`` as they are under ``dataset.root``: ids, paths, full-resolution sizes
+    (from file headers) and label-file digests.
+
+    Raises:
+        SoftprepError: an unreadable or empty split, or two images with one id (one line).
+    """
+    try:
+        samples = dataset.samples(split)
+    except OSError as error:
+        raise SoftprepError(f"{error.filename or dataset.root}: cannot list the {split} split ({error.strerror}); "
+                            "check the folder's permissions") from None
+    if not samples:
+        raise SoftprepError(f"{dataset.root}: split {split!r} has no image/label pairs; check --root and --splits")
+    _refuse_duplicate_ids(samples)
+    return SplitSpec(
+        ids=[s.id for s in samples],
+        images=[str(s.image.relative_to(dataset.root)) for s in samples],
+        labels=[str(s.label.relative_to(dataset.root)) for s in samples],
+        sizes=[list(dataset.size(s)) for s in samples],
+        label_digests=label_digests(samples),
+    )
+
+
+def source_difference(split: str, stored: SplitSpec, found: SplitSpec, built: np.ndarray | None = None) -> str | None:
+    """Where the files of a split as ``found`` now differ from those a store was built from
+    (``stored``): the first image whose id, size or label file differs, as text; None when they are
+    the same (a format-3 store recorded no digests: ids and sizes alone). ``built``: ``(N,) bool``,
+    compare the label files of these images only (an image not yet built may have been fixed)."""
+    if stored.ids != found.ids:
+        first = next((i for i, (a, b) in enumerate(zip(stored.ids, found.ids)) if a != b), min(len(stored.ids), len(found.ids)))
+        mine = printable(found.ids[first]) if first < len(found.ids) else "none"
+        theirs = printable(stored.ids[first]) if first < len(stored.ids) else "none"
+        return f"{split} image #{first} is {mine} here, {theirs} in the store"
+    for i, (a, b) in enumerate(zip(stored.sizes, found.sizes)):
+        if list(a) != list(b):
+            return f"{split} image {printable(found.ids[i])} is {b[1]}x{b[0]} here, {a[1]}x{a[0]} in the store (WxH)"
+    for i, (a, b) in enumerate(zip(stored.label_digests or [], found.label_digests or [])):
+        if a != b and (built is None or built[i]):
+            return f"{split} image {printable(found.ids[i])}: its label file {printable(found.labels[i])} differs"
+    return None
 
 
 def upsampling_notes(spec: StoreSpec) -> list[str]:
@@ -249,6 +285,7 @@ def build(
     out = location(out)
     if not is_remote(out):
         out = Path(os.path.realpath(out))  # a link to a store: lock, resume and delete the store itself
+    _refuse_unsafe_out(out, dataset)
     spec = plan_store(dataset, splits, targets, kernel, antialias, shard_size, max_pixels, image_kernel, allow_upsampling)
     if note:
         for text in upsampling_notes(spec):
@@ -260,6 +297,20 @@ def build(
             where = error.filename or out
             raise SoftprepError(f"{where}: {error.strerror or error} while building {out}; fix that (free space, "
                                 "permissions), then rerun the same command to resume") from None
+
+
+def _refuse_unsafe_out(out, dataset: Dataset) -> None:
+    """``--out`` may not be one of softprep's temporary names, nor the dataset root or a folder
+    holding it (whose deletion would take the dataset with it)."""
+    if out.name.endswith(RESERVED_SUFFIXES):
+        raise SoftprepError(f"{printable(out)}: names ending in {', '.join(RESERVED_SUFFIXES)} are softprep's temporary "
+                            "folders; choose another --out")
+    if is_remote(out) or is_remote(dataset.root):
+        return
+    root = Path(os.path.realpath(dataset.root))
+    if out == root or out in root.parents:
+        raise SoftprepError(f"{printable(out)}: --out is the dataset root {printable(root)} or a folder holding it; choose "
+                            "an --out outside the dataset (e.g. {}.zarr beside it)".format(printable(root.name)))
 
 
 def _build_locked(dataset: Dataset, out: Path, spec: StoreSpec, jobs: int | None, overwrite: bool,
@@ -317,21 +368,34 @@ def _read_ahead(dataset: Dataset, spec: StoreSpec, todo: list[Task], workers: in
 
 
 def _check_resumable(out: Path, spec: StoreSpec) -> bool:
-    """True when the store at ``out`` can be resumed. A store made with other settings is refused,
-    unless not one image of it is finished (nothing to lose: False, the caller starts it again)."""
-    try:
-        store = open_store(out)
-        existing = store.spec
-    except SoftprepError as error:
-        if "store format" in str(error):
-            raise
-        raise SoftprepError(f"{out}: exists and is not a softprep store; choose another --out or pass --overwrite") from None
+    """True when the store at ``out`` can be resumed. A store made with other settings, in another
+    format or from other label files is refused, unless not one image of it is finished (nothing to
+    lose: False, the caller starts it again). A folder softprep did not make is refused.
+    """
+    if softprep_marker(out) is None:
+        raise foreign_folder(out, "build into")
+    store = open_store(out)
+    existing = store.spec
+    if not any(store.done(split).any() for split in store.splits):
+        return spec == existing
+    if store.format_version != FORMAT_VERSION:
+        raise SoftprepError(f"{out}: store format {store.format_version} (this softprep writes {FORMAT_VERSION}); pass "
+                            "--overwrite to rebuild it")
+    common = [split for split in existing.splits if split in spec.splits]
+    source = next(filter(None, (source_difference(split, existing.splits[split], spec.splits[split], store.done(split))
+                                for split in common)), None)
+    if source:
+        raise SoftprepError(f"{out}: store was built from other files ({source}); pass --overwrite to rebuild it from "
+                            "this --root")
+    fixed = [split for split in common if existing.splits[split].label_digests != spec.splits[split].label_digests]
+    for split in fixed:  # label files of unbuilt images changed (fixed after a failed build): record the new ones
+        existing.splits[split].label_digests = spec.splits[split].label_digests
     mine, theirs = asdict(spec), asdict(existing)
     differing = [key for key in mine if mine[key] != theirs[key]]
     if not differing:
+        for split in fixed:
+            write_split_attrs(out, split, spec.splits[split])
         return True
-    if not any(store.done(split).any() for split in store.splits):
-        return False
     detail = "; ".join(_difference(k, theirs[k], mine[k]) for k in differing)
     raise SoftprepError(f"{out}: store was built with other settings ({detail}); pass --overwrite to rebuild it")
 

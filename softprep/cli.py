@@ -15,6 +15,7 @@ from softprep.kernels import DEFAULT_KERNEL
 from softprep.options import (LOCATION, SIZE, MultiValueGroup, dataset_choice, jobs_option, kernel_choice,
                               parse_target_options, split_args, target_options)
 from softprep.build import DEFAULT_MAX_PIXELS
+from softprep.export import ROWS_PER_FILE
 from softprep.store import DEFAULT_SHARD_SIZE
 
 
@@ -234,15 +235,20 @@ def verify(store, root, jobs):
 @click.argument("store", type=LOCATION)
 @click.option("--to", "kind", type=click.Choice(["parquet"]), required=True, help="Output kind: parquet (Hugging Face datasets).")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-def export(store, kind, out):
+@click.option("--rows-per-file", default=ROWS_PER_FILE, show_default=True, type=click.IntRange(min=1),
+              help="Images per parquet file.")
+def export(store, kind, out, rows_per_file):
     """Write STORE as a Hugging Face `datasets` folder OUT (one config per target, a dataset card
-    with the build's provenance and exact priors); needs the hf extra."""
+    with the build's provenance and exact priors); needs the hf extra.
+
+    Written into OUT.exporting and renamed to OUT when complete: an interrupted export leaves no
+    OUT, and rerunning the same command finishes it."""
     from softprep.export import export_parquet
 
     bar, progress = _progress_bar("export")
     with bar:
-        export_parquet(store, out, progress)
-    click.echo(f"{out}: written; load with datasets.load_dataset(\"parquet\", data_dir=\"{out}/TARGET\")")
+        export_parquet(store, out, progress, rows_per_file)
+    click.echo(f"{printable(out)}: written; load with datasets.load_dataset(\"parquet\", data_dir=\"{printable(out)}/TARGET\")")
 
 
 def checked_summary(path, root) -> str:

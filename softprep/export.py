@@ -19,6 +19,9 @@ priors table. One row per image:
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +31,9 @@ from PIL import Image
 from softprep.errors import SoftprepError, printable
 from softprep.priors import render, store_priors
 from softprep.softlabel import MIXED
-from softprep.store import open_store
+from softprep.location import is_remote
+from softprep.store import RESERVED_SUFFIXES, foreign_folder, open_store
 
-ROWS_PER_FILE = 500
 
 
 def _datasets():
@@ -79,30 +82,103 @@ def dense_soft_label(row: dict, num_classes: int) -> np.ndarray:
     return dense[:num_classes].astype(np.float32)
 
 
-def export_parquet(store_path, out, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Write the store at ``store_path`` as a ``datasets`` parquet folder at ``out`` (see the module doc)."""
-    datasets = _datasets()
+#: Images per parquet file unless told otherwise.
+ROWS_PER_FILE = 500
+#: The file that marks a folder as softprep's export of one store (in OUT and in OUT.exporting).
+EXPORT_MARKER = ".softprep-export.json"
+
+
+def export_parquet(store_path, out, progress: Callable[[int, int], None] | None = None,
+                   rows_per_file: int = ROWS_PER_FILE) -> Path:
+    """Write the store at ``store_path`` as a ``datasets`` parquet folder at ``out`` (see the module doc).
+
+    Atomic and resumable: files are written into ``OUT.exporting`` (each parquet file under a
+    temporary name, renamed when whole), which is renamed to ``OUT`` once every file and the card
+    are there: a killed export leaves no ``OUT`` to load, and rerunning the same command keeps the
+    finished files and completes it. An ``OUT`` that already holds this store's export is left as it is.
+
+    Raises:
+        SoftprepError: an unfinished store, or an ``OUT`` that cannot be used (it exists, it is
+            inside the store, a dangling link, below a file): one line each.
+    """
     store = open_store(store_path)
     if not store.complete:
         raise SoftprepError(f"{store.path}: store is not completely built; finish it with `softprep build` first")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise SoftprepError(f"{out}: exists and is not empty; choose a new folder")
-    features = _features(datasets)
+    try:
+        return _export(store, out, progress, rows_per_file)
+    except OSError as error:
+        raise SoftprepError(f"{printable(error.filename or out)}: {error.strerror or error} while exporting to "
+                            f"{printable(out)}; fix that (a link, a file in the way, free space) or choose another OUT, "
+                            "then rerun the same command to finish") from None
+
+
+def _export(store, out: Path, progress, rows_per_file: int) -> Path:
+    _check_out(store, out)
+    marker = {"format": "softprep-export", "store_build_id": store.build_id, "store_attrs_sha256": store.recorded_digest,
+              "rows_per_file": rows_per_file}
     total = len(store.targets) * sum(len(store.spec.splits[s].ids) for s in store.splits)
+    if _export_marker(out) == marker:
+        if progress:
+            progress(total, total)
+        return out  # already this store's complete export
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SoftprepError(f"{printable(out)}: exists and is not empty; choose a new folder")
+    temp = out.with_name(out.name + ".exporting")
+    found = _export_marker(temp)
+    if temp.exists() and found is None and any(temp.iterdir()):
+        raise foreign_folder(temp, "export into")
+    if found is not None and found != marker:  # softprep's unfinished export of another store (or build)
+        shutil.rmtree(temp)
+    temp.mkdir(exist_ok=True)
+    (temp / EXPORT_MARKER).write_text(json.dumps(marker))
+    datasets = _datasets()
+    datasets.disable_progress_bars()  # one bar for the whole export: ours
+    features = _features(datasets)
     for target in store.targets:
         for split in store.splits:
             view = store.samples(split, target)
-            for part, start in enumerate(range(0, len(view), ROWS_PER_FILE)):
-                rows = [_row(view[i]) for i in range(start, min(start + ROWS_PER_FILE, len(view)))]
-                folder = out / target
-                folder.mkdir(parents=True, exist_ok=True)
-                table = datasets.Dataset.from_list(rows, features=features)
-                table.to_parquet(str(folder / f"{split}-{part:05d}.parquet"))
+            for part, start in enumerate(range(0, len(view), rows_per_file)):
+                stop = min(start + rows_per_file, len(view))
+                _write_part(datasets, features, view, range(start, stop), temp / target / f"{split}-{part:05d}.parquet")
                 if progress:
-                    progress(len(rows), total)
-    (out / "README.md").write_text(dataset_card(store))
+                    progress(stop - start, total)
+    (temp / "README.md").write_text(dataset_card(store))
+    os.rename(temp, out)  # replaces an empty OUT folder too
     return out
+
+
+def _write_part(datasets, features, view, indices: range, path: Path) -> None:
+    """One parquet file of rows ``indices``, written whole under a temporary name (kept when it exists)."""
+    if path.is_file():
+        return  # written whole by an earlier, interrupted run of this export
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    table = datasets.Dataset.from_list([_row(view[i]) for i in indices], features=features)
+    table.to_parquet(str(partial))
+    os.replace(partial, path)
+
+
+def _export_marker(folder: Path) -> dict | None:
+    try:
+        marker = json.loads((folder / EXPORT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == "softprep-export" else None
+
+
+def _check_out(store, out: Path) -> None:
+    """Refuse an OUT that is a dangling link, one of softprep's temporary names, or inside the store."""
+    if out.is_symlink() and not out.exists():
+        raise SoftprepError(f"{printable(out)}: a link to {printable(os.readlink(out))}, which does not exist; choose "
+                            "a plain folder name for OUT")
+    if out.name.endswith(RESERVED_SUFFIXES):
+        raise SoftprepError(f"{printable(out)}: names ending in {', '.join(RESERVED_SUFFIXES)} are softprep's temporary "
+                            "folders; choose another OUT")
+    if not is_remote(store.path):
+        inside, store_root = Path(os.path.realpath(out)), Path(os.path.realpath(store.path))
+        if inside == store_root or store_root in inside.parents:
+            raise SoftprepError(f"{printable(out)}: is inside the store {printable(store.path)}; choose an OUT outside it")
 
 
 def dataset_card(store) -> str:

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from softprep.datasets.base import stored_sample
+from softprep.errors import SoftprepError, printable
 from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label
@@ -45,7 +46,9 @@ def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = 
     problems = [] if store.complete else [f"{store.path}: build not finished (rerun the same `softprep build`)"]
     problems += _check_attributes(store)
     if root is not None:
-        get_dataset(store.spec.dataset, root)  # a clear error now, not one per image
+        dataset = get_dataset(store.spec.dataset, root)  # a clear error now, not one per image
+        for split in store.splits:
+            problems += _check_label_files(store, split, dataset)
     total = sum(len(store.spec.splits[s].ids) for s in store.splits)
     tasks = []
     for split in store.splits:
@@ -57,6 +60,34 @@ def verify(path: str | Path, root: str | Path | None = None, jobs: int | None = 
         if progress:
             progress(images, total)
     return problems
+
+
+def check_source(store: Store, split: str, dataset) -> None:
+    """Refuse a dataset whose files are not those ``split`` of the store was built from: ids, sizes
+    and (format 4) each label file's digest (one read of every label file).
+
+    Raises:
+        SoftprepError: one line naming the first image that differs and what to pass instead.
+    """
+    from softprep.build import source_difference, split_spec
+
+    difference = source_difference(split, store.spec.splits[split], split_spec(dataset, split))
+    if difference:
+        raise SoftprepError(f"{printable(dataset.root)}: not the dataset {printable(store.path)} was built from "
+                            f"({difference}); pass the --root the store was built from")
+
+
+def _check_label_files(store: Store, split: str, dataset) -> list[str]:
+    """One line per label file under the root that is not the one the store was built from (its
+    digest differs), or one line for the split when the root holds other images altogether."""
+    from softprep.build import source_difference, split_spec
+
+    stored, found = store.spec.splits[split], split_spec(dataset, split)
+    if stored.ids != found.ids or stored.sizes != found.sizes:
+        return [f"{split}: {source_difference(split, stored, found)}: the root holds other images than the store"]
+    return [f"{split}: image {printable(found.ids[i])} (#{i}): label file {printable(found.labels[i])} differs from "
+            "the one the store was built from" for i, (a, b) in enumerate(zip(stored.label_digests or [], found.label_digests))
+            if a != b]
 
 
 def _check_attributes(store: Store) -> list[str]:
@@ -122,8 +153,15 @@ def check_images(store_path: str, split: str, indices: range, root: str | Path |
         except Exception:  # noqa: BLE001 - an unreadable sizes/denominator chunk is reported per split
             pass
     problems = []
+    try:
+        counts = store.counts(split)
+    except Exception:  # noqa: BLE001 - an unreadable counts chunk is reported per split
+        counts = None
     for i in (i for i in indices if done[i]):  # images not built are reported once per split
         label = _check_counts(store, dataset, split, i, problems) if dataset is not None else None
+        if counts is not None:
+            problems += [f"{split}: image {store.spec.splits[split].ids[i]} (#{i}): counts: {p}"
+                         for p in _check_counts_bounds(counts[i], store.spec.splits[split].sizes[i])]
         for view in views:
             where = f"{split}/{view.target}: image {view.ids[i]} (#{i})"
             try:
@@ -132,9 +170,37 @@ def check_images(store_path: str, split: str, indices: range, root: str | Path |
                 problems.append(f"{where}: cannot be read ({_why(error)})")
                 continue
             problems += [f"{where}: {p}" for p in found]
+            if counts is not None and soft is not None and soft.exact and store.spec.kernel == "area":
+                problems += [f"{where}: {p}" for p in _check_area_counts(counts[i], store.spec.splits[split].sizes[i],
+                                                                         soft)]
             if label is not None and soft is not None:
                 problems += [f"{where}: {p}" for p in _check_valid_fraction(store, split, i, view.target, label, soft)]
     return problems, len(indices)
+
+
+def _check_counts_bounds(counts: np.ndarray, size) -> list[str]:
+    """Recorded full-resolution ``counts (C,)`` are pixel counts of an ``(H, W)`` image: none below
+    0, together at most ``H W``."""
+    total = int(counts.astype(object).sum())
+    if (counts < 0).any() or total > int(size[0]) * int(size[1]):
+        return [f"recorded class counts (min {int(counts.min())}, sum {total}) are not pixel counts of a "
+                f"{size[1]}x{size[0]} image; rebuild the store"]
+    return []
+
+
+def _check_area_counts(counts: np.ndarray, size, soft: SoftLabel) -> list[str]:
+    """Under the exact box filter every full-resolution pixel gives its class the same weight
+    ``h w / (H W)``: the stored soft label's class numerators times ``H W`` equal the recorded
+    counts times ``h w D`` (Python integers: no overflow)."""
+    (height, width), (h, w) = size, soft.shape
+    mass = soft.class_mass()
+    left = [int(m) * int(height) * int(width) for m in mass]
+    right = [int(c) * h * w * int(soft.denominator) for c in counts]
+    differing = [c for c, (a, b) in enumerate(zip(left, right)) if a != b]
+    if differing:
+        return [f"counts: recorded full-resolution counts differ from the stored soft label's class mass "
+                f"(classes {', '.join(map(str, differing[:5]))})"]
+    return []
 
 
 def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | None, list[str]]:

@@ -114,8 +114,10 @@ def fit(**options):
     if summary.get("already_finished"):
         click.echo(f"{summary['checkpoint']}: the run already finished ({summary['iterations']} iterations); nothing to resume")
     elif summary["rank"] == 0:
+        losses = (f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}" if summary["final_loss"] is not None
+                  else "no loss recorded")
         click.echo(f"trained {summary['iterations']} iterations in {summary['seconds']:.1f} s on {summary['device']}: "
-                   f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
+                   f"{losses}; checkpoint {summary['checkpoint']}")
 
 
 @main.command(name="eval")

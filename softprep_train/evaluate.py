@@ -23,6 +23,7 @@ from softprep.datasets import get_dataset
 from softprep.errors import SoftprepError
 from softprep.plan import target_name
 from softprep.store import Store, open_store
+from softprep.verify import check_source
 from softprep_train.data import IGNORE
 from softprep_train.checkpoint import load_checkpoint_state
 from softprep_train.models import build_model
@@ -115,16 +116,33 @@ def load_checkpoint(path: str | Path, device: torch.device, verify: bool = True)
 
 
 def full_resolution_labels(store: Store, split: str, root: str | Path | None):
-    """A function ``index -> (H, W) uint8`` original train ids: from the store's target 1.0, or from ``root``."""
+    """A function ``index -> (H, W) uint8`` original train ids: from the store's target 1.0, or from ``root``.
+
+    A ``root`` is first checked to be the dataset the store was built from (ids, sizes, label-file
+    digests), and each label read from it must have the class counts the store recorded.
+
+    Raises:
+        SoftprepError: no source of labels, or a ``root`` whose labels are not the store's (one line).
+    """
+    dataset = get_dataset(store.spec.dataset, root) if root is not None else None
+    if dataset is not None:
+        check_source(store, split, dataset)
     if FULL in store.targets:
         view = store.samples(split, FULL)
         return lambda i: view[i].nn()
-    if root is None:
+    if dataset is None:
         raise SoftprepError(f"{store.path}: has no target 1.0 to read full-resolution labels from; pass --root DATA "
                             "(the dataset folder) or build the store with --scales ... 1.0")
-    dataset = get_dataset(store.spec.dataset, root)
-    spec = store.spec.splits[split]
-    return lambda i: dataset.read_label(stored_sample(dataset, spec, i))
+    spec, counts = store.spec.splits[split], store.counts(split)
+
+    def read(i: int) -> np.ndarray:
+        label = dataset.read_label(stored_sample(dataset, spec, i))
+        if not np.array_equal(np.bincount(label.ravel(), minlength=256)[:len(counts[i])], counts[i]):
+            raise SoftprepError(f"{dataset.root / spec.labels[i]}: its class counts differ from those {store.path} "
+                                "recorded; pass the --root the store was built from")
+        return label
+
+    return read
 
 
 @torch.no_grad()

@@ -92,6 +92,22 @@ def _prepare_out(config: TrainConfig, out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Keep the log records up to ``iteration`` (those a resumed run does not redo), atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iter"] <= iteration:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a kill
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(line + "\n" for line in kept))
+    os.replace(partial, path)
+
+
 def _format_eta(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
@@ -181,19 +197,21 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    iteration = 0
+    iteration, first_loss, last_loss = 0, None, None
     last = out / "last.pt"
-    if config.resume:
-        if not last.is_file():
-            raise SoftprepError(f"{last}: no checkpoint to resume from; drop --resume to start a new run")
+    if config.resume and last.is_file():
         state = load_checkpoint_state(last, device)
         _check_same_run(config, state["config"], last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        iteration = state["iteration"]
+        iteration, first_loss, last_loss = state["iteration"], state.get("first_loss"), state.get("last_loss")
         if iteration >= total and (out / "summary.json").is_file():  # nothing left: the finished run's summary
             return {**json.loads((out / "summary.json").read_text()), "already_finished": True}
+    elif config.resume and rank == 0 and progress:  # killed before its first checkpoint: nothing to lose
+        print(f"{last}: no checkpoint yet; starting the run at iteration 0", flush=True)
+    if rank == 0:
+        _truncate_log(out / "log.jsonl", iteration)  # records past the checkpoint are redone
     if world_size > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics over all ranks
     trained = DistributedDataParallel(model) if world_size > 1 else model
@@ -212,6 +230,8 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
                 # the whole store spec it trained on (label and colour kernels, targets): what predict resamples with
                 "store_spec": spec.root_attrs(complete=True),
                 "num_classes": num_classes, "crop": list(crop),
+                # the run's first and latest losses: a summary written after a resume covers the whole run
+                "first_loss": first_loss, "last_loss": last_loss,
             })
 
     # --- the loop ---
@@ -257,6 +277,8 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
             scaler.update()
             iteration += 1
             losses.append(loss.item())
+            first_loss = losses[0] if first_loss is None else first_loss
+            last_loss = losses[-1]
             window_images += batch["image"].shape[0] * world_size
             bar.update(1)
             if iteration % config.log_every == 0 or iteration == stop:
@@ -290,7 +312,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     checkpoint(last)
     seconds = time.perf_counter() - start
     summary = {"rank": rank, "world_size": world_size, "iterations": iteration, "seconds": seconds,
-               "final_loss": losses[-1] if losses else None, "first_loss": losses[0] if losses else None,
+               "final_loss": last_loss, "first_loss": first_loss,
                "weights_sha256": weights_digest(model), "checkpoint": str(last), "device": str(device), "amp": amp,
                "densify": densify}
     if device.type == "cuda":

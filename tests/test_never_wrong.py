@@ -54,6 +54,14 @@ def test_a_live_reader_refuses_a_store_rebuilt_under_it(tmp_path):
     torch.testing.assert_close(new, expected, rtol=0, atol=0)
     assert not torch.equal(new, torch.cat(old))  # it is another dataset
 
+    view = open_store(store).samples("train", 0.25)  # a reader whose target is gone after the next rebuild
+    assert softprep("build", "--root", first, "--out", store, "--scales", "0.5", "--jobs", "1", "--overwrite").returncode == 0
+    for read in (lambda: view[1].packed(), lambda: view.mass()):
+        with pytest.raises(SoftprepError) as error:  # was: "mixed_classes cannot be read (KeyError); run softprep verify"
+            read()
+        assert "was rebuilt or removed since this reader opened it (it is not damaged)" in str(error.value)
+        assert "verify" not in str(error.value)
+
 
 def test_all_black_images_and_all_ignored_labels_are_written_and_read(tmp_path):
     """Each image alone in its shard: a black image and an all-ignored mask still get their chunk
@@ -122,9 +130,10 @@ def test_a_store_with_no_finished_image_restarts_and_a_refusal_shows_the_values_
 
 
 def test_a_kill_during_overwrite_deletion_leaves_a_store_the_rerun_clears(tmp_path, monkeypatch):
-    """The deletion moves the store aside in one step before removing files: killed in the removal,
-    the path holds nothing and the next build finishes the job. A store an older softprep left
-    half-deleted (root metadata gone first) is still cleared by --overwrite."""
+    """The deletion moves the store aside in one step, then removes its files, softprep's marker
+    (the root zarr.json) last: killed in the removal, the path holds nothing, the leftover is still
+    marked, and the next build clears it. A store an older softprep left half-deleted (its root
+    metadata gone first) carries no marker: --overwrite refuses it in one line and deletes nothing."""
     import shutil
 
     from softprep.build import build
@@ -137,7 +146,7 @@ def test_a_kill_during_overwrite_deletion_leaves_a_store_the_rerun_clears(tmp_pa
     real_rmtree = shutil.rmtree
 
     def killed(path, *args, **kwargs):
-        if str(path).endswith(".deleting"):
+        if deleting_path(store) in Path(path).parents:
             raise KeyboardInterrupt  # the kill, half way through removing the old files
         return real_rmtree(path, *args, **kwargs)
 
@@ -145,14 +154,95 @@ def test_a_kill_during_overwrite_deletion_leaves_a_store_the_rerun_clears(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         build(get_dataset("cityscapes", data), store, [0.25], jobs=1, overwrite=True)
     monkeypatch.setattr(shutil, "rmtree", real_rmtree)
-    assert not store.exists() and deleting_path(store).exists()
+    assert not store.exists() and (deleting_path(store) / "zarr.json").is_file()
     rerun = softprep("build", "--root", data, "--out", store, "--scales", "0.25", "--jobs", "1")
     assert rerun.returncode == 0, rerun.stderr
     assert not deleting_path(store).exists() and open_store(store).complete
 
     (store / "zarr.json").unlink()  # what an interrupted rmtree of an older softprep left
+    before = sorted(p for p in store.rglob("*"))
     again = softprep("build", "--root", data, "--out", store, "--scales", "0.25", "--jobs", "1", "--overwrite")
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert "without softprep's store marker" in again.stderr and "will not delete it" in again.stderr
+    assert sorted(p for p in store.rglob("*")) == before
+
+
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_deletes_only_a_store_softprep_made_never_a_folder_holding_one(tmp_path):
+    """Issue 25.1, through the real CLI: `--out proj --overwrite` where proj/ holds a store beside
+    a user's files, and a `folder` dataset holding a store with `--out` typed equal to `--root`: each
+    refused in one line naming what was found, every file kept; the store itself is still rebuilt."""
+    data = make_demo(tmp_path / "d", train=2, val=1, size=(64, 128), seed=3)
+    project = tmp_path / "proj"
+    assert softprep("build", "--root", data, "--out", project / "old.zarr", "--scales", "0.5", "--jobs", "1").returncode == 0
+    (project / "notes.txt").write_text("notes")
+    (project / "important").mkdir()
+    (project / "important" / "thesis.tex").write_text("\\begin{document}")
+    before = _tree(project)
+    for extra in ([], ["--overwrite"]):
+        result = softprep("build", "--root", data, "--out", project, "--scales", "0.5", "--jobs", "1", *extra)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert f"{project}: is a folder holding important/, notes.txt, old.zarr/" in result.stderr, result.stderr
+        assert "softprep did not make it" in result.stderr and "--overwrite" not in result.stderr
+        assert _tree(project) == before
+    rebuilt = softprep("build", "--root", data, "--out", project / "old.zarr", "--scales", "0.25", "--jobs", "1",
+                       "--overwrite")
+    assert rebuilt.returncode == 0 and open_store(project / "old.zarr").targets == ["0.25"], rebuilt.stderr
+
+    root = write_folder_dataset(tmp_path / "mine", [(40, 60), (40, 60)], split_folders=False)
+    assert softprep("build", "--dataset", "folder", "--root", root, "--out", root / "images" / "s.zarr",
+                    "--scales", "0.5", "--jobs", "1").returncode == 0
+    dataset = _tree(root)
+    for out in (root, root.parent):  # the root itself, and a folder holding it
+        result = softprep("build", "--dataset", "folder", "--root", root, "--out", out, "--scales", "0.5", "--overwrite")
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "--out is the dataset root" in result.stderr
+    assert _tree(root) == dataset
+
+
+def test_leftovers_are_removed_only_when_they_carry_softprep_s_marker(tmp_path):
+    """`OUT.creating` and `OUT.deleting` are softprep's names, but a user's folder may carry one:
+    without the marker it is refused and kept; `--out` itself may not take such a name."""
+    from softprep.store import creating_path
+
+    data = make_demo(tmp_path / "d", train=2, val=1, size=(64, 128), seed=3)
+    out = tmp_path / "s.zarr"
+    creating_path(out).mkdir()
+    (creating_path(out) / "mine.txt").write_text("mine")
+    result = softprep("build", "--root", data, "--out", out, "--scales", "0.5", "--jobs", "1")
+    assert result.returncode == 1 and "s.zarr.creating: is a folder holding mine.txt" in result.stderr, result.stderr
+    assert (creating_path(out) / "mine.txt").read_text() == "mine"
+    named = softprep("build", "--root", data, "--out", tmp_path / "x.creating", "--scales", "0.5")
+    assert named.returncode == 1 and "softprep's temporary folders" in named.stderr
+
+
+def test_a_rerun_from_another_root_is_refused_never_called_complete(tmp_path):
+    """Issue 25.4: a store records each label file's digest; a rerun with another --root (same
+    layout, ids and sizes) is refused naming the first differing image, also after a kill before
+    --overwrite began deleting (the old store still whole); --overwrite rebuilds it from the new root."""
+    first = make_demo(tmp_path / "a", train=3, val=1, size=(64, 128), seed=1)
+    second = make_demo(tmp_path / "b", train=3, val=1, size=(64, 128), seed=2)
+    store = tmp_path / "s.zarr"
+    args = ["build", "--out", store, "--scales", "0.5", "--jobs", "1"]
+    assert softprep(*args, "--root", first).returncode == 0
+    again = softprep(*args, "--root", second)
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert "store was built from other files (train image demotown_000000_000019: its label file" in again.stderr
+    assert "pass --overwrite" in again.stderr
+    assert softprep(*args, "--root", second, "--overwrite").returncode == 0
+    counts = open_store(store).counts("train")
+    assert not np.array_equal(counts, _counts_of(first)) and np.array_equal(counts, _counts_of(second))
+
+
+def _counts_of(root: Path) -> np.ndarray:
+    from softprep.datasets import get_dataset
+    from softprep.resample import prepare_label
+
+    dataset = get_dataset("cityscapes", root)
+    return np.stack([prepare_label(dataset.read_label(s), 19).class_counts() for s in dataset.samples("train")])
 
 
 def test_one_lock_per_store_whichever_link_names_it(tmp_path):
@@ -189,6 +279,8 @@ def _edit_metadata(path: Path, change) -> None:
 
 
 @pytest.mark.parametrize("damage, message", [
+    ("zarr v2 done array", "Zarr v2 metadata; a softprep store is Zarr v3 alone"),
+    ("five million ids", "images its done array declares; the store is damaged or crafted"),
     ("pickle codec", "codec 'numcodecs.pickle' is not one a softprep store uses"),
     ("huge bucket", "is beyond what a softprep store holds"),
     ("string done", "data type 'string' is not one a softprep store uses"),
@@ -201,7 +293,15 @@ def test_a_hostile_store_is_refused_before_anything_is_allocated(small_store, tm
     store = tmp_path / "s.zarr"
     shutil.copytree(small_store, store)
     bucket = next(p for p in (store / "train" / "0.5").iterdir() if p.is_dir())
-    if damage == "pickle codec":
+    if damage == "zarr v2 done array":  # issue 25.5: a v2 copy whose done array claims 1e12 images
+        (store / "train" / "done" / "zarr.json").unlink()
+        (store / "train" / "done" / ".zarray").write_text('{"zarr_format": 2, "shape": [1000000000000], "chunks": '
+                                                          '[1000000000000], "dtype": "|u1", "compressor": null, '
+                                                          '"fill_value": 0, "order": "C", "filters": null}')
+    elif damage == "five million ids":  # issue 25.6: the id list of the split's attributes, far beyond its images
+        _edit_metadata(store / "train" / "zarr.json",
+                       lambda m: m["attributes"].__setitem__("ids", [f"x{i}" for i in range(5_000_000)]))
+    elif damage == "pickle codec":
         _edit_metadata(bucket / "nn" / "zarr.json",
                        lambda m: m["codecs"][0]["configuration"]["codecs"].append({"name": "numcodecs.pickle"}))
     elif damage == "huge bucket":

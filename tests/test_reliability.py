@@ -5,6 +5,7 @@ one-line errors for bad input and full disks."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -115,19 +116,26 @@ def phase_of(out: Path) -> str:
 
 def test_kill_at_random_moments_of_the_whole_build_then_resume_is_identical(data, tmp_path):
     """KILLS SIGKILLs at uniformly random moments of a whole build (start-up, creation, shards,
-    completion) and of an --overwrite rebuild (deletion first), one in five aimed into creation; each killed store is finished by
-    rerunning without --overwrite and equals a clean build file for file, byte for byte."""
+    completion) and of an --overwrite rebuild (deletion first) of a store built from *another*
+    dataset of the same layout, one in five aimed into creation; each killed store is finished by
+    rerunning without --overwrite (where the other dataset's store is still whole, that rerun is
+    refused, never called complete, and the --overwrite rebuild is rerun) and equals a clean build
+    file for file, byte for byte."""
     reference = tmp_path / "reference.zarr"
     started = time.perf_counter()
     creation, _ = watch_phases(build_args(data, reference))
     duration = time.perf_counter() - started
+    other_data = make_demo(tmp_path / "other", train=8, val=3, size=(64, 128), seed=6)
+    other = tmp_path / "other.zarr"
+    assert softprep(*build_args(other_data, other)).returncode == 0
     rng = np.random.default_rng(0)
     hits: dict[str, int] = {}
+    refused = 0
     for k in range(KILLS):
         out = tmp_path / f"killed{k}.zarr"
         args = build_args(data, out)
-        if k % 2:  # an --overwrite rebuild of a complete store
-            shutil.copytree(reference, out)
+        if k % 2:  # an --overwrite rebuild of a complete store of the other dataset
+            shutil.copytree(other, out)
             args = [*args, "--overwrite"]
         if k % 5 == 0:  # creation is short: aim some kills into it
             kill_during(args, "creation", rng.uniform(0, creation))
@@ -139,12 +147,16 @@ def test_kill_at_random_moments_of_the_whole_build_then_resume_is_identical(data
             info = softprep("info", out)
             assert info.returncode == 0 and "UNFINISHED" in info.stdout and "Traceback" not in info.stderr
         resumed = softprep(*build_args(data, out))
+        if resumed.returncode and k % 2 and "store was built from other files" in resumed.stderr:
+            refused += 1  # killed before the deletion began: the other dataset's store, refused
+            assert open_store(out).complete and "complete" not in resumed.stdout
+            resumed = softprep(*build_args(data, out), "--overwrite")
         assert resumed.returncode == 0, (phase, resumed.stderr)
         assert not creating_path(out).exists() and not deleting_path(out).exists()
         same_files(reference, out)
         shutil.rmtree(out)
     assert hits.get("shards", 0) >= 3 and hits.get("creation", 0) + hits.get("deletion", 0) >= 1, hits
-    print(f"kills by phase: {hits}; identical resumes: {KILLS}")
+    print(f"kills by phase: {hits}; refused stale stores: {refused}; identical resumes: {KILLS}")
 
 
 def test_interrupted_creation_leftovers_and_empty_folders_are_cleared(data, tmp_path):
@@ -470,3 +482,107 @@ def test_foreign_checkpoints_and_damaged_records_are_one_line(run, tmp_path):
     assert_one_line_error(softprep("priors", damaged), "train/0.25: records cannot be read", "softprep verify")
     shutil.rmtree(damaged / "train" / "0.25")  # a target group gone, as mid-rebuild
     assert_one_line_error(softprep("priors", damaged), "train/0.25: records cannot be read")
+
+
+# ------------------------------------------------------------------------- export, eval, fit (issue 25)
+
+
+def test_a_killed_export_never_loads_as_a_dataset_and_the_rerun_finishes_it(data, tmp_path):
+    """SIGKILLs at random moments of `softprep export`: OUT either does not exist or loads with every
+    row; rerunning the same command completes it, equal to an uninterrupted export row for row."""
+    datasets = pytest.importorskip("datasets", reason="needs the hf extra")
+    store = tmp_path / "s.zarr"
+    build(get_dataset("cityscapes", data), store, [0.25, 0.5], jobs=1)
+    args = ["export", store, "--to", "parquet", None, "--rows-per-file", "1"]
+
+    def export(out):
+        return subprocess.Popen([sys.executable, "-m", "softprep.cli", *map(str, args[:4]), out, *args[5:]],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    started = time.perf_counter()
+    assert export(tmp_path / "reference").wait() == 0
+    duration = time.perf_counter() - started
+    reference = {t: datasets.load_dataset("parquet", data_dir=str(tmp_path / "reference" / t)) for t in ("0.25", "0.5")}
+    rng = np.random.default_rng(1)
+    outcomes = {"none": 0, "complete": 0}
+    for k in range(6):
+        out = tmp_path / f"hf{k}"
+        process = export(out)
+        time.sleep(rng.uniform(0.3, duration))
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if out.exists():  # the rename is the last step: an OUT is a whole export
+            outcomes["complete"] += 1
+        else:
+            outcomes["none"] += 1
+            for target in ("0.25", "0.5"):
+                with pytest.raises(Exception):
+                    datasets.load_dataset("parquet", data_dir=str(out / target))
+        rerun = softprep(*args[:4], out, *args[5:])
+        assert rerun.returncode == 0, rerun.stderr
+        assert not (tmp_path / f"hf{k}.exporting").exists()
+        for target, loaded in reference.items():
+            again = datasets.load_dataset("parquet", data_dir=str(out / target))
+            for split in loaded:
+                assert again[split]["id"] == loaded[split]["id"] and again[split]["nn"] == loaded[split]["nn"]
+    assert outcomes["none"] >= 3, outcomes
+    print(f"killed exports: {outcomes}")
+
+
+def test_eval_refuses_a_root_whose_labels_are_not_the_stores(data, tmp_path):
+    """Two real datasets of one layout: a store of A scored with --root B is refused in one line (it
+    printed mIoU 7.8 before); with --root A it scores."""
+    pytest.importorskip("torch")
+    from softprep_train.train import TrainConfig, fit
+
+    other = make_demo(tmp_path / "other", train=8, val=3, size=(64, 128), seed=6)
+    store = tmp_path / "s.zarr"
+    build(get_dataset("cityscapes", data), store, [0.25], jobs=1)  # no 1.0 target: eval reads --root's labels
+    fit(TrainConfig(store=str(store), scale="0.25", out=str(tmp_path / "run"), model="unet_small", iters=2,
+                    batch_size=2, workers=0, seed=1), progress=False)
+    checkpoint = tmp_path / "run" / "last.pt"
+    wrong = train_cli("eval", "--checkpoint", checkpoint, "--store", store, "--root", other)
+    assert_one_line_error(wrong, f"{other}: not the dataset {store} was built from", "its label file", "pass the --root")
+    assert "mIoU" not in wrong.stdout
+    right = train_cli("eval", "--checkpoint", checkpoint, "--store", store, "--root", data)
+    assert right.returncode == 0 and "mIoU" in right.stdout, right.stderr
+
+
+ITERS = "30"
+
+
+def _fit_args(store: Path, out: Path, *extra) -> list:
+    return ["fit", "--store", store, "--scale", "0.25", "--out", out, "--model", "unet_small", "--batch-size", "2",
+            "--workers", "0", "--seed", "1", "--log-every", "1", *extra]
+
+
+def test_fit_killed_at_any_moment_resumes_with_one_log_record_per_iteration(run, tmp_path):
+    """Real SIGKILLs of `fit` before its first checkpoint and between checkpoints, and the state a
+    kill between the final checkpoint and summary.json leaves: `--resume` always finishes the run
+    (a folder without a checkpoint starts at 0), its log holds each iteration once, and the summary
+    reports the run's first and final losses."""
+    store, _ = run
+    rng = np.random.default_rng(2)
+    for k, moment in enumerate(("before the first checkpoint", "between checkpoints", "before the summary")):
+        out = tmp_path / f"run{k}"
+        args = _fit_args(store, out, "--iters", ITERS, "--checkpoint-every", "4" if k == 1 else "100")
+        process = subprocess.Popen([sys.executable, "-m", "softprep_train.cli", *map(str, args)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        log = out / "log.jsonl"
+        wanted = int(rng.integers(5, 11)) if k == 1 else 1
+        while k < 2 and process.poll() is None and (not log.exists() or len(log.read_text().splitlines()) < wanted):
+            time.sleep(0.005)
+        if k < 2:
+            os.killpg(process.pid, signal.SIGKILL)
+        assert process.wait() == (0 if k == 2 else -signal.SIGKILL)
+        if k == 2:
+            (out / "summary.json").unlink()  # the final checkpoint is written, the summary not yet
+        refused = train_cli(*_fit_args(store, out, "--iters", ITERS))
+        assert_one_line_error(refused, "already holds a run", "--resume")
+        resumed = train_cli(*_fit_args(store, out, "--iters", ITERS, "--resume"))
+        assert resumed.returncode == 0, (moment, resumed.stderr)
+        assert f"trained {ITERS} iterations" in resumed.stdout and "loss" in resumed.stdout, (moment, resumed.stdout)
+        iterations = [json.loads(line)["iter"] for line in log.read_text().splitlines()]
+        assert iterations == list(range(1, int(ITERS) + 1)), (moment, iterations)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["first_loss"] is not None and summary["final_loss"] is not None, moment

@@ -90,6 +90,30 @@ def test_tampered_statistic_is_named(store):
         f"train/0.5: image {ids[3]} (#3): mass: recorded class masses differ from the stored soft label's (classes 1)"]
 
 
+def test_recorded_counts_are_checked_without_the_dataset(demo_root, tmp_path):
+    """Issue 25.9: full-resolution counts are derivable from the store itself: never negative, at most
+    H W per image, and under the exact area kernel equal to every target's class mass times
+    ``H W / (h w)``. Counts of -1e15 (which made `priors` print sum|D| 10228) and one pixel moved
+    between classes are each named without --root."""
+    out = tmp_path / "area.zarr"
+    build(get_dataset("cityscapes", demo_root), out, [SCALE, 0.5], shard_size=4, jobs=1)
+    assert verify(out, jobs=1) == []
+    counts = zarr.open_array(str(out / "train" / "counts"), mode="r+")
+    counts[1, 2] = -10**15
+    row = counts[3]
+    moved = int(np.flatnonzero(row)[0])
+    row[moved] -= 1
+    row[moved + 1] += 1
+    counts[3] = row
+    ids = open_store(out).spec.splits["train"].ids
+    problems = verify(out, jobs=1)
+    assert any(p.startswith(f"train: image {ids[1]} (#1): counts: recorded class counts (min -1000000000000000") for p in problems)
+    for target in (SCALE, 0.5):
+        assert (f"train/{target!r}: image {ids[3]} (#3): counts: recorded full-resolution counts differ from the stored "
+                f"soft label's class mass (classes {moved}, {moved + 1})") in problems
+    assert len(problems) == 1 + 2 + 2  # image 1 also fails the area check at both targets
+
+
 def test_missing_shard_and_unfinished_image(store):
     ids = open_store(store).spec.splits["val"].ids
     (bucket,) = set(open_store(store).spec.splits["val"].buckets)
@@ -114,4 +138,6 @@ def test_changed_label_file_is_found_with_root(store, demo_root, tmp_path):
     problems = verify(store, root=root, jobs=1)
     image_id = open_store(store).spec.splits["val"].ids[1]
     assert any(p.startswith(f"val: image {image_id} (#1): counts: recorded full-resolution counts differ") for p in problems)
+    assert f"val: image {image_id} (#1): label file {open_store(store).spec.splits['val'].labels[1]} differs from the one " \
+           "the store was built from" in problems
     assert all(image_id in p for p in problems)

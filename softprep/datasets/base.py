@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,6 +250,23 @@ class StemPairedDataset(Dataset):
             missing = next(folder for folder in self.folders(split) if not folder.is_dir())
             raise SoftprepError(f"{missing}: split folder not found; expected {self.layout} under --root")
         return pair_by_stem(*self.folders(split))
+
+
+def file_digest(path: Path) -> str:
+    """A 64-bit fingerprint of a file's bytes (hex): what a store records of each label file, so a
+    rebuild, an ``eval --root`` or a resume from other files is noticed (one read of the file)."""
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()
+    except FileNotFoundError:
+        raise SoftprepError(f"{path}: file not found") from None
+    except OSError as error:
+        raise SoftprepError(f"{path}: cannot read ({error.strerror or error}); check the file's permissions") from None
+
+
+def label_digests(samples: list[Sample], threads: int = 8) -> list[str]:
+    """:func:`file_digest` of each sample's label file, in order (files read by a few threads)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(lambda sample: file_digest(sample.label), samples))
 
 
 def stored_sample(dataset: "Dataset", split_spec, i: int) -> Sample:

@@ -31,19 +31,19 @@ written by the build's parent process only, ``done`` last.
 """
 
 from softprep.store.layout import (  # noqa: F401
-    BUCKET_STEPS_PER_OCTAVE, DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN,
+    BUCKET_STEPS_PER_OCTAVE, DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, READABLE_FORMATS, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN,
     LIST_CHUNK_SHARE, RECORD_CHUNK, SHARD_PIXEL_BUDGET, SOFT_LABEL_ARRAYS, ZSTD_LEVEL, BucketLayout, SplitSpec,
     StoreSpec, Task, bucket_of, target_name,
 )
 from softprep.store.lifecycle import (  # noqa: F401
-    create_store_atomically, creating_path, delete_store, deleting_path, remove_partial_files, store_lock,
-    unfinished_creation,
+    RESERVED_SUFFIXES, create_store_atomically, creating_path, delete_store, deleting_path, foreign_folder,
+    remove_partial_files, store_lock, unfinished_creation,
 )
 from softprep.store.reader import (  # noqa: F401
     ALLOWED_CODECS, ALLOWED_DTYPES, MAX_IMAGE_ELEMENTS, MAX_IMAGES, Store, StoredSample, TargetView,
-    check_store_files, open_store, shard_file,
+    check_store_files, open_store, shard_file, softprep_marker,
 )
 from softprep.store.writer import (  # noqa: F401
-    SampleRecords, SampleResult, TargetResult, attrs_digest, create_store, mark_complete, write_records, write_shard,
+    SampleRecords, SampleResult, TargetResult, attrs_digest, create_store, mark_complete, write_records, write_shard, write_split_attrs,
     writing,
 )

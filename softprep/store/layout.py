@@ -11,7 +11,10 @@ from softprep.plan import ResamplingPlan, parse_target, resampling_plan, target_
 from softprep.softlabel import weight_dtype
 
 FORMAT = "softprep-store"
-FORMAT_VERSION = 3
+#: The format this softprep writes; 4 records each label file's digest (the store's source).
+FORMAT_VERSION = 4
+#: The formats it reads.
+READABLE_FORMATS = (3, 4)
 ZSTD_LEVEL = 3
 #: Colour images compress little better at level 3 than at 1 and take 2.4x as long to
 #: (measured on real Cityscapes frames: 1.84 vs 2.08 bytes per pixel, 22 vs 9 ms per 512x1024).
@@ -48,12 +51,15 @@ def bucket_of(height: int, width: int) -> str:
 
 @dataclass
 class SplitSpec:
-    """The images of one split. ``sizes`` are full-resolution ``[H, W]``; paths are relative to the root."""
+    """The images of one split. ``sizes`` are full-resolution ``[H, W]``; paths are relative to the root;
+    ``label_digests`` identify each label file's bytes (:func:`softprep.datasets.base.file_digest`;
+    None in format-3 stores): the store's source, checked on resume and by ``eval --root``."""
 
     ids: list[str]
     images: list[str]
     labels: list[str]
     sizes: list[list[int]]
+    label_digests: list[str] | None = None
 
     @cached_property
     def buckets(self) -> list[str]:
@@ -78,7 +84,10 @@ class SplitSpec:
         return out
 
     def attrs(self) -> dict:
-        return {**asdict(self), "buckets": self.buckets}
+        attrs = {**asdict(self), "buckets": self.buckets}
+        if self.label_digests is None:
+            del attrs["label_digests"]
+        return attrs
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ import socket
 import time
 from pathlib import Path
 
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, printable
 from softprep.location import is_remote, location, remove_tree
 from softprep.store.layout import StoreSpec
+from softprep.store.reader import softprep_marker
 from softprep.store.writer import create_store
 
 @contextlib.contextmanager
@@ -86,31 +87,56 @@ def creating_path(path: str | Path) -> Path:
     return path.with_name(f"{path.name}.creating")
 
 
+def deleting_path(path: str | Path) -> Path:
+    """Where a local store is moved, in one step, before its files are removed."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.deleting")
+
+
+#: Name endings softprep gives its own temporary folders (never a user's ``--out``).
+RESERVED_SUFFIXES = (".creating", ".deleting", ".exporting")
+
+
+def foreign_folder(path, action: str = "delete") -> SoftprepError:
+    """The one-line refusal to ``action`` a folder softprep did not make, naming what it holds."""
+    path = location(path)
+    try:
+        entries = sorted((child.name + ("/" if child.is_dir() else "") for child in path.iterdir()),
+                         key=lambda name: (name.startswith("."), name))  # what the user made first, then dotfiles
+    except OSError:
+        entries = []
+    if not path.is_dir():
+        found = "a file, not a folder"
+    elif entries:
+        shown = ", ".join(printable(e) for e in entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        found = f"a folder holding {shown}, without softprep's store marker in zarr.json"
+    else:
+        found = "an empty folder"
+    return SoftprepError(f"{printable(path)}: is {found}; softprep did not make it, so it will not {action} it: "
+                         "choose another --out, or move it away yourself")
+
+
 def create_store_atomically(path: str | Path, spec: StoreSpec) -> None:
     """Create the store so that an interruption at any point leaves either no store or a complete
     empty one. Locally: in :func:`creating_path`, renamed to ``path`` (a leftover is removed by the
-    next try). Object storage has no rename: the store is created in place and its root attributes
-    are written last, so an interrupted creation is not a softprep store (:func:`unfinished_creation`)."""
+    next try). Object storage has no rename: the store is created in place, marked as being created
+    until its root attributes are written last (:func:`unfinished_creation`)."""
     path = location(path)
     if is_remote(path):
-        if path.exists():
-            remove_tree(path)
+        delete_store(path)  # a store whose creation was interrupted: only ever softprep's own
         create_store(path, spec)
         return
     temp = creating_path(path)
     for leftover in (temp, deleting_path(path)):  # of a killed creation or deletion
-        if leftover.exists():
-            shutil.rmtree(leftover)
+        _remove_leftover(leftover)
     create_store(temp, spec)
     os.rename(temp, path)
 
 
 def unfinished_creation(path) -> bool:
-    """True for an object-storage store whose creation was interrupted (arrays without root attributes)."""
-    path = location(path)
-    if not is_remote(path) or not (path / "zarr.json").is_file():
-        return False
-    return "softprep" not in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    """True for a store whose creation was interrupted (marked, but still being created)."""
+    marker = softprep_marker(path)
+    return marker is not None and bool(marker.get("creating"))
 
 
 def remove_partial_files(path: str | Path) -> int:
@@ -125,41 +151,55 @@ def remove_partial_files(path: str | Path) -> int:
     return len(partial)
 
 
-def deleting_path(path: str | Path) -> Path:
-    """Where a local store is moved, in one step, before its files are removed."""
-    path = Path(path)
-    return path.with_name(f"{path.name}.deleting")
-
-
-def _looks_like_zarr(path: Path) -> bool:
-    """A zarr hierarchy, or what is left of one whose root metadata went first (an older softprep's
-    interrupted deletion): ``zarr.json`` at the root or in a direct child folder."""
-    return (path / "zarr.json").is_file() or any((child / "zarr.json").is_file() for child in path.iterdir()
-                                                 if child.is_dir())
-
-
 def delete_store(path: str | Path) -> None:
-    """Delete a store (or an empty folder) at ``path``; anything else is refused.
+    """Delete the softprep store (or the empty folder) at ``path``; anything else is refused with
+    one line naming what it holds (:func:`foreign_folder`): a folder that merely contains a store,
+    a dataset, any folder without softprep's own marker.
 
-    Locally the store is first renamed to :func:`deleting_path` (one atomic step), then removed: a
-    kill at any moment leaves either the whole store or none at ``path``, and the leftover is
-    removed by the next build or deletion."""
+    Locally the store is first renamed to :func:`deleting_path` (one atomic step), then removed,
+    its marker last: a kill at any moment leaves either the whole store or none at ``path``, and the
+    leftover, still marked, is removed by the next build or deletion."""
     path = location(path)
     if is_remote(path):
         if path.exists():
-            if not (path / "zarr.json").is_file():
-                raise SoftprepError(f"{path}: exists and is not a zarr store; refusing to delete it, choose another --out")
+            if softprep_marker(path) is None:
+                raise foreign_folder(path)
             remove_tree(path)
         return
-    trash = deleting_path(path)
-    if trash.exists():
-        shutil.rmtree(trash)
-    if path.is_dir() and not any(path.iterdir()):
+    _remove_leftover(deleting_path(path))
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
         path.rmdir()
-    elif path.exists():
-        if not path.is_dir() or not _looks_like_zarr(path):
-            raise SoftprepError(f"{path}: exists and is not a zarr store; refusing to delete it, choose another --out")
-        os.rename(path, trash)
-        shutil.rmtree(trash)
-    if creating_path(path).exists():
-        shutil.rmtree(creating_path(path))
+    elif path.exists() or path.is_symlink():
+        if path.is_symlink() or softprep_marker(path) is None:
+            raise foreign_folder(path)
+        os.rename(path, deleting_path(path))
+        _remove_marked(deleting_path(path))
+    _remove_leftover(creating_path(path))
+
+
+def _remove_leftover(path: Path) -> None:
+    """Remove what a killed creation or deletion left at ``path`` (nothing there: nothing to do);
+    refused unless it is empty or carries softprep's marker."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        path.rmdir()
+    elif path.is_symlink() or softprep_marker(path) is None:
+        raise foreign_folder(path)
+    else:
+        _remove_marked(path)
+
+
+def _remove_marked(path: Path) -> None:
+    """Remove a marked store folder: everything but the root ``zarr.json`` first, the marker last, so
+    that whatever a kill leaves is still recognisably softprep's."""
+    marker = path / "zarr.json"
+    for child in path.iterdir():
+        if child == marker:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    marker.unlink()
+    path.rmdir()

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, printable
 from softprep.location import is_remote, location
 from softprep.softlabel import MIXED, PackedSoftLabel, SoftLabel, unpack
-from softprep.store.layout import FORMAT_VERSION, SplitSpec, StoreSpec, target_name
+from softprep.store.layout import FORMAT, READABLE_FORMATS, SplitSpec, StoreSpec, target_name
 
 def shard_file(array, position: int, store_path: str | Path) -> Path:
     """The file (or object) holding bucket position ``position`` of a sharded per-image array."""
@@ -30,21 +30,43 @@ ALLOWED_DTYPES = frozenset({"uint8", "uint16", "uint32", "int32", "int64", "floa
 MAX_IMAGE_ELEMENTS = 3 * 32_000_000
 #: Most images a split may hold.
 MAX_IMAGES = 10_000_000
+#: Most bytes of a split group's attributes per image it declares (an id, two paths, a size, a digest).
+SPLIT_METADATA_BYTES_PER_IMAGE = 4096
+
+
+#: Zarr v2 metadata file names: a softprep store is Zarr v3 alone, and v2 metadata would let an
+#: array escape the bounds below (zarr reads either).
+ZARR_V2_FILES = frozenset({".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+
+def softprep_marker(path) -> dict | None:
+    """The ``softprep`` attributes of the Zarr v3 group at ``path`` when they carry softprep's format
+    marker (written in the very file write that creates a store's root), else None. Reads one file."""
+    try:
+        meta = json.loads((location(path) / "zarr.json").read_bytes())
+        marker = meta["attributes"]["softprep"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == FORMAT else None
 
 
 def check_store_files(path) -> None:
-    """Bound a store from an unknown source before anything is allocated or decoded: every array's
-    codecs, dtype and per-image size within what softprep writes, and (locally) every file a
-    regular file inside the store (no links to devices or system files).
+    """Bound a store from an unknown source before anything is allocated or decoded: Zarr v3
+    metadata alone (no v2 ``.zarray``/``.zgroup``/``.zattrs``), every array's codecs, dtype and
+    per-image size within what softprep writes, and (locally) every file a regular file inside the
+    store (no links to devices or system files).
 
     Raises:
         SoftprepError: one line naming the file and what is wrong with it.
     """
     local = not is_remote(path)
-    for file in (path.rglob("*") if local else path.rglob("zarr.json")):
+    for file in path.rglob("*"):
         if local and (file.is_symlink() or not (file.is_file() or file.is_dir())):
             raise SoftprepError(f"{file}: not a regular file inside the store (a link or device); refusing to read "
                                 "this store: rebuild it or restore the file")
+        if file.name in ZARR_V2_FILES:
+            raise SoftprepError(f"{file}: Zarr v2 metadata; a softprep store is Zarr v3 alone (zarr.json per node), "
+                                "refusing to read it: rebuild the store with `softprep build`")
         if file.name == "zarr.json" and file.is_file():
             _check_array_metadata(file)
 
@@ -97,18 +119,26 @@ class Store:
 
     def __init__(self, path: str | Path):
         self.path = location(path)
+        marker = softprep_marker(self.path)  # one small read first: a stranger's folder is never walked
+        if marker is None:
+            raise SoftprepError(f"{self.path}: not a softprep store (no zarr.json with softprep's marker); build one "
+                                "with `softprep build`")
+        if marker.get("creating"):
+            raise SoftprepError(f"{self.path}: the creation of this store was interrupted; rerun the `softprep build` "
+                                "that made it (it starts the store again)")
+        version = marker.get("format_version")
+        if version not in READABLE_FORMATS:
+            raise SoftprepError(f"{self.path}: store format {version} cannot be read by this softprep (it reads formats "
+                                f"{', '.join(map(str, READABLE_FORMATS))}); rebuild it: softprep build --dataset "
+                                f"{printable(marker.get('dataset', 'NAME'))} --root DATA --out {self.path} --scales ... --overwrite")
+        check_store_files(self.path)
         try:
-            self.root = zarr.open_group(str(self.path), mode="r")
+            self.root = zarr.open_group(str(self.path), mode="r", zarr_format=3)
             self.attrs = dict(self.root.attrs["softprep"])
         except (FileNotFoundError, KeyError, ValueError) as error:
             raise SoftprepError(f"{self.path}: not a softprep store ({type(error).__name__}); build one with `softprep build`") from None
         self.build_id = self.attrs.get("build_id")
-        check_store_files(self.path)
-        version = self.attrs.get("format_version")
-        if version != FORMAT_VERSION:
-            raise SoftprepError(f"{self.path}: store format {version} cannot be read by this softprep (it reads format "
-                                f"{FORMAT_VERSION}); rebuild it: softprep build --dataset {self.attrs.get('dataset', 'NAME')} "
-                                f"--root DATA --out {self.path} --scales ... --overwrite")
+        self.spec  # noqa: B018 - the per-image lists, bounded by the declared image counts, checked at open
 
     def check_unchanged(self, where: str) -> None:
         """Refuse to go on reading once the store at this path has been rebuilt (or deleted) since it
@@ -117,20 +147,35 @@ class Store:
         Raises:
             SoftprepError: one line naming ``where`` and what to do (reopen the store).
         """
-        try:
-            current = json.loads((self.path / "zarr.json").read_bytes())["attributes"]["softprep"].get("build_id")
-        except (OSError, ValueError, KeyError, TypeError):
-            current = "(none)"
+        current = (softprep_marker(self.path) or {}).get("build_id", "(none)")
         if current != self.build_id:
-            raise SoftprepError(f"{where}: the store was rebuilt or removed since this reader opened it; open it again "
-                                "(restart the training or reader) to read the new store")
+            raise SoftprepError(f"{where}: the store was rebuilt or removed since this reader opened it (it is not "
+                                "damaged); open it again (restart the training or reader) to read the new store")
 
     @cached_property
     def spec(self) -> StoreSpec:
         a = self.attrs
-        splits = {s: SplitSpec(**{k: self.root[s].attrs[k] for k in ("ids", "images", "labels", "sizes")}) for s in a["splits"]}
+        splits = {s: self._split_spec(s) for s in a["splits"]}
         return StoreSpec(a["dataset"], a["classes"], a["palette"], a["ignore_index"], a["kernel"],
                          a["antialias"], a["targets"], a["shard_size"], splits, a.get("image_kernel", a["kernel"]))
+
+    def _split_spec(self, split: str) -> SplitSpec:
+        """A split's spec, its per-image lists bounded by the image count its ``done`` array declares
+        (checked on the metadata's size before the lists are parsed)."""
+        declared = self.root[split]["done"].shape[0]
+        metadata = self.path / split / "zarr.json"
+        if metadata.stat().st_size > SPLIT_METADATA_BYTES_PER_IMAGE * declared + 65536:
+            raise SoftprepError(f"{metadata}: {metadata.stat().st_size} bytes of attributes for the {declared} images its "
+                                "done array declares; the store is damaged or crafted: rebuild it")
+        attrs = self.root[split].attrs
+        fields = {k: attrs[k] for k in ("ids", "images", "labels", "sizes")}
+        fields["label_digests"] = attrs.get("label_digests")
+        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in fields.items() if v is not None}
+        if any(n != declared for n in lengths.values()):
+            detail = ", ".join(f"{k} {n}" for k, n in lengths.items())
+            raise SoftprepError(f"{metadata}: per-image lists ({detail}) do not match the {declared} images its done "
+                                "array declares; the store is damaged or crafted: rebuild it")
+        return SplitSpec(**fields)
 
     @property
     def complete(self) -> bool:
@@ -228,6 +273,7 @@ class TargetView:
         except SoftprepError:
             raise
         except Exception as error:  # noqa: BLE001 - zarr, codec and OS errors of every kind
+            self.store.check_unchanged(f"{self.store.path}: {self.split}/{self.target}")  # a rebuild is no damage
             text = str(error).splitlines()[0][:120] if str(error) else ""
             raise SoftprepError(f"{self.store.path}: {self.split}/{self.target}: records cannot be read "
                                 f"({type(error).__name__}: {text}); the store is damaged or being rebuilt: run "
@@ -299,8 +345,10 @@ class StoredSample:
             self.view.store.check_unchanged(self.where)  # after the read: a rebuild during it is caught too
             return values
         except SoftprepError:
+            self.view.store.check_unchanged(self.where)  # "not built" or "missing" of a rebuilt store: say rebuilt
             raise
         except Exception as error:  # noqa: BLE001 - zstd/crc32c failures, missing metadata: name the image
+            self.view.store.check_unchanged(self.where)  # a store rebuilt during the read is no damage: say so
             text = str(error).splitlines()[0] if str(error) else ""
             raise SoftprepError(f"{self.where}: {name} cannot be read ({type(error).__name__}: {text[:120]}); "
                                 "run `softprep verify` and rebuild damaged stores") from None

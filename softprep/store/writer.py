@@ -16,8 +16,8 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from softprep.softlabel import EMPTY, PackedSoftLabel, SoftLabel, pack, unpack
-from softprep.store.layout import (IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN, LIST_CHUNK_SHARE, RECORD_CHUNK, ZSTD_LEVEL, BucketLayout,
-                                   StoreSpec, Task)
+from softprep.store.layout import (FORMAT, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN, LIST_CHUNK_SHARE, RECORD_CHUNK, ZSTD_LEVEL, BucketLayout,
+                                   SplitSpec, StoreSpec, Task)
 
 def writing():
     """Zarr settings of every store write: chunks equal to the fill value are written too (zarr skips
@@ -43,7 +43,9 @@ def create_store(path: str | Path, spec: StoreSpec) -> None:
 
 
 def _create_store(path: str | Path, spec: StoreSpec) -> None:
-    root = zarr.open_group(str(path), mode="w-")
+    # softprep's marker goes into the very write that creates the root: whatever a kill leaves of a
+    # creation is recognisably softprep's (and nothing without it is ever deleted as a store).
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={"softprep": {"format": FORMAT, "creating": True}})
     c = spec.num_classes
     for split, split_spec in spec.splits.items():
         n = len(split_spec.ids)
@@ -171,6 +173,11 @@ def _write_lists(bucket, start: int, packed: list[PackedSoftLabel]) -> None:
         weights[i, :k, :m] = p.mixed_weights
     bucket["mixed_classes"][start:start + len(packed), :used, :longest] = classes
     bucket["mixed_weights"][start:start + len(packed), :used, :longest] = weights
+
+
+def write_split_attrs(path: str | Path, split: str, split_spec: SplitSpec) -> None:
+    """Rewrite a split's attributes (the label digests of images not yet built, after a file was fixed)."""
+    zarr.open_group(str(path), mode="r+")[split].attrs.update(split_spec.attrs())
 
 
 def write_records(path: str | Path, split: str, records: list[SampleRecords]) -> None:
