@@ -56,6 +56,7 @@ def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans
             image=resize_image(image, image_plans[target].rows, image_plans[target].cols),
             soft=pack(soft_label(prepared, plan.rows, plan.cols)),
             nn=nearest_labels(label, plan.nearest_rows, plan.nearest_cols),
+            nn_floor=nearest_labels(label, plan.floor_rows, plan.floor_cols),
         )
         for target, plan in plans.items()
     }

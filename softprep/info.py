@@ -10,6 +10,11 @@ from softprep.location import location, tree_bytes
 from softprep.store import SOFT_LABEL_ARRAYS, open_store
 
 
+#: What each NN rule means, for ``info``.
+NN_RULE_TEXT = {"nearest-exact": "nearest-exact: sampled at pixel centres, aligned with the image (torch nearest kept as nn_floor)",
+                "nearest": "torch nearest: sampled at the top-left of each footprint, (s - 1) / 2 px up-left (format 3)"}
+
+
 def disk_bytes(path: Path) -> int:
     """Bytes of all files (or objects) under ``path``."""
     return tree_bytes(location(path))
@@ -23,7 +28,7 @@ def describe(path: str | Path) -> dict:
     spec = store.spec
     out = {"path": str(store.path), "complete": store.complete, "format_version": store.format_version,
            "dataset": spec.dataset, "classes": spec.classes, "ignore_index": spec.ignore_index, "kernel": spec.kernel,
-           "antialias": spec.antialias, "targets": spec.targets, "splits": {}}
+           "antialias": spec.antialias, "nn_rule": store.nn_rule, "targets": spec.targets, "splits": {}}
     for split in store.splits:
         done = store.done(split)
         members = store.spec.splits[split].members
@@ -41,7 +46,7 @@ def describe(path: str | Path) -> dict:
                 "denominator": denominators[0] if len(denominators) == 1 and denominators[0] > 0 else None,
                 "soft_label_bytes": soft, "soft_label_bytes_per_pixel": soft / max(int(pixels.sum()), 1),
                 "image_bytes": sum(disk_bytes(b / "image") for b in buckets),
-                "nn_bytes": sum(disk_bytes(b / "nn") for b in buckets),
+                "nn_bytes": sum(disk_bytes(b / name) for b in buckets for name in ("nn", "nn_floor")),
             }
         out["splits"][split] = entry
     out["disk_bytes"] = disk_bytes(store.path)
@@ -55,6 +60,7 @@ def summary(path: str | Path) -> str:
         f"store      {d['path']}  ({'complete' if d['complete'] else 'UNFINISHED: rerun the same `softprep build` to resume'})",
         f"dataset    {d['dataset']}, {len(d['classes'])} classes, ignore {d['ignore_index']}",
         f"kernel     {d['kernel']}{' (antialias)' if d['antialias'] else ''}",
+        f"nn maps    {NN_RULE_TEXT[d['nn_rule']]}",
         f"targets    {', '.join(d['targets'])}",
     ]
     for split, s in d["splits"].items():

@@ -8,7 +8,11 @@ tables to the colour image and to the one-hot label map, so the two are paired b
 Semantics follow ``torch.nn.functional.interpolate(x, size=(H', W'), mode=..., align_corners=False)``
 (and ``antialias=True``), with the source-to-target scale taken as ``in_size / out_size``:
 
-* ``nearest``   torch's ``mode="nearest"`` (float32 index arithmetic, as torch computes it).
+* ``nearest``   torch's ``mode="nearest"`` (float32 index arithmetic, as torch computes it): source
+                index ``floor(j * in / out)``, the top-left pixel of output ``j``'s footprint, which
+                puts labels ``(s - 1) / 2`` source pixels up-left of the image at factor ``1/s``.
+* ``nearest-exact`` torch's ``mode="nearest-exact"`` (PIL's ``NEAREST``): ``floor((j + 0.5) * in / out)``,
+                the pixel at the footprint's centre: the aligned hard label.
 * ``bilinear``  triangle filter; with ``antialias`` its support widens with the downscale factor.
 * ``bicubic``   Keys cubic, ``a = -0.75`` (``a = -0.5`` with ``antialias``, as torch and PIL).
                 Weights can be negative: see :func:`softprep.resample.soft_label` for what that
@@ -28,7 +32,9 @@ from functools import lru_cache
 
 import numpy as np
 
-KERNELS = ("nearest", "bilinear", "bicubic", "area")
+KERNELS = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
+#: The nearest-neighbour kernels: a hard label map sampled at one source pixel per output pixel.
+NEAREST_KERNELS = ("nearest", "nearest-exact")
 #: The kernel ``softprep build`` uses unless told otherwise: chosen by measurement
 #: (docs/experiments/camvid.md): it trains as well as bilinear and keeps every class prior exactly.
 DEFAULT_KERNEL = "area"
@@ -85,8 +91,8 @@ def axis_weights(kernel: str, in_size: int, out_size: int, antialias: bool = Fal
     if in_size < 1 or out_size < 1:
         raise ValueError(f"sizes must be >= 1, got in={in_size} out={out_size}")
     scale = in_size / out_size
-    if kernel == "nearest":
-        taps = _nearest_taps(in_size, out_size)
+    if kernel in NEAREST_KERNELS:
+        taps = _nearest_taps(in_size, out_size, centre=kernel == "nearest-exact")
     elif kernel == "area":
         taps = _area_taps(in_size, out_size)
     elif antialias:
@@ -104,10 +110,10 @@ def axis_weights(kernel: str, in_size: int, out_size: int, antialias: bool = Fal
 # ---------------------------------------------------------------- kernels, one row per output index
 
 
-def _nearest_taps(in_size: int, out_size: int) -> list[list[tuple[int, float]]]:
-    # torch computes the index in float32: reproduce it so the NN baseline is bit-identical.
+def _nearest_taps(in_size: int, out_size: int, centre: bool) -> list[list[tuple[int, float]]]:
+    # torch computes the index in float32: reproduce it so the NN labels are bit-identical.
     scale = np.float32(in_size) / np.float32(out_size)
-    dst = np.arange(out_size, dtype=np.float32)
+    dst = np.arange(out_size, dtype=np.float32) + (np.float32(0.5) if centre else np.float32(0))
     src = np.minimum(np.floor(dst * scale).astype(np.int64), in_size - 1)
     if out_size == in_size:
         src = np.arange(out_size)

@@ -14,7 +14,7 @@ from softprep.kernels import KERNELS
 
 
 #: Options that take several values after one flag (``--scales 0.125 0.25 0.5``).
-MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels", "--short-side", "--fit")
+MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels", "--short-side", "--fit", "--rule")
 
 
 def _is_number(text: str) -> bool:

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from softprep.errors import SoftprepError
 from softprep.kernels import AxisWeights, axis_weights
 
@@ -133,7 +135,9 @@ class ResamplingPlan:
         source: ``(H, W)`` full-resolution size.
         size: ``(h, w)`` output size.
         rows, cols: tap tables of the kernel, ``H -> h`` and ``W -> w`` (colour and soft label).
-        nearest_rows, nearest_cols: nearest-neighbour tables (the NN baseline label).
+        nearest_rows, nearest_cols: ``nearest-exact`` tables, the hard label aligned with the image
+            (pixel centres: the store's ``nn`` map).
+        floor_rows, floor_cols: torch ``nearest`` tables (what most pipelines do: ``nn_floor``).
     """
 
     source: tuple[int, int]
@@ -142,6 +146,14 @@ class ResamplingPlan:
     cols: AxisWeights
     nearest_rows: AxisWeights
     nearest_cols: AxisWeights
+    floor_rows: AxisWeights
+    floor_cols: AxisWeights
+
+    @property
+    def floor_differs(self) -> bool:
+        """Whether torch ``nearest`` samples other pixels than ``nearest-exact`` (always, but at 1:1)."""
+        return not (np.array_equal(self.floor_rows.index, self.nearest_rows.index)
+                    and np.array_equal(self.floor_cols.index, self.nearest_cols.index))
 
     @property
     def denominator(self) -> int | None:
@@ -170,7 +182,8 @@ def plan_for_size(kernel: str, antialias: bool, source: tuple[int, int], size: t
     return ResamplingPlan(
         source=(height, width), size=(out_h, out_w),
         rows=axis_weights(kernel, height, out_h, antialias), cols=axis_weights(kernel, width, out_w, antialias),
-        nearest_rows=axis_weights("nearest", height, out_h), nearest_cols=axis_weights("nearest", width, out_w),
+        nearest_rows=axis_weights("nearest-exact", height, out_h), nearest_cols=axis_weights("nearest-exact", width, out_w),
+        floor_rows=axis_weights("nearest", height, out_h), floor_cols=axis_weights("nearest", width, out_w),
     )
 
 

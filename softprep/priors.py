@@ -136,7 +136,9 @@ def strategy_name(kernel: str, antialias: bool) -> str:
 
 
 def store_priors(store: Store, split: str | None = None) -> PriorTable:
-    """Table V of a built store's split from recorded masses: per target, the NN row and the store's kernel row."""
+    """Table V of a built store's split from recorded masses: per target, the torch ``nearest`` row
+    (the paper's NN baseline, what pipelines do), the ``nearest-exact`` row (pixel centres; format 4
+    stores) and the store's kernel row."""
     split = split or _default_split(store.splits)
     if split not in store.splits:
         raise SoftprepError(f"{store.path}: no split {split!r}; the store has {', '.join(store.splits)}")
@@ -149,10 +151,14 @@ def store_priors(store: Store, split: str | None = None) -> PriorTable:
     for target in store.targets:
         view = store.samples(split, target)
         weights = [image_weight(full, out) for full, out in zip(full_sizes, view.sizes)]
-        nn = ClassMass.zeros(len(counts))
-        nn.add_images(view.nn_counts(), np.ones(len(view), dtype=np.int64), weights)
-        rows.append(prior_row("nearest", target, counts, nn))
-        if kernel != "nearest":
+        hard = {"nearest": view.nn_floor_counts()}
+        if store.nn_rule == "nearest-exact":
+            hard["nearest-exact"] = view.nn_counts()
+        for rule, pixels in hard.items():
+            nn = ClassMass.zeros(len(counts))
+            nn.add_images(pixels, np.ones(len(view), dtype=np.int64), weights)
+            rows.append(prior_row(rule, target, counts, nn))
+        if kernel not in hard:
             soft = ClassMass.zeros(len(counts))
             if view.exact:
                 soft.add_images(view.mass_numerator(), view.denominators, weights)

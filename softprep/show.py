@@ -113,7 +113,7 @@ def render_sample(store: Store, image_id: str, target, split: str | None = None,
         label = dataset.read_label(stored_sample(dataset, store.spec.splits[split], sample.index))
         panels.append((f"labels, full resolution {full_size[1]}x{full_size[0]}", colourise(label, palette)))
     panels += [
-        (f"nearest-neighbour labels {w}x{h}", colourise(sample.nn(), palette)),
+        (f"NN labels ({store.nn_rule}) {w}x{h}", colourise(sample.nn(), palette)),
         (f"soft label ({store.spec.kernel}), colour mix", soft_colour_mix(dense, palette)),
     ]
     size = display_size(full_size)

@@ -27,11 +27,15 @@ from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label
 from softprep.softlabel import EMPTY, MIXED, PackedSoftLabel, SoftLabel, unpack
-from softprep.store import Store, TargetView, attrs_digest, open_store, shard_file
+from softprep.store import Store, TargetView, attrs_digest, map_arrays, open_store, shard_file
 
-SAMPLE_ARRAYS = ("image", "classes", "nn")
 LIST_ARRAYS = ("mixed_classes", "mixed_weights")
-RECORD_ARRAYS = ("sizes", "denominator", "planes", "mass", "mass_numerator", "nn_counts")
+RECORD_ARRAYS = ("sizes", "denominator", "planes", "mass", "mass_numerator", "nn_counts", "nn_floor_counts")
+
+
+def record_arrays(store: Store) -> tuple[str, ...]:
+    """The per-image record arrays of each target of ``store`` (format 3 kept no ``nn_floor_counts``)."""
+    return RECORD_ARRAYS if store.format_version >= 4 else RECORD_ARRAYS[:-1]
 FLOAT_TOLERANCE = 1e-5
 
 
@@ -114,7 +118,7 @@ def _check_split_records(store: Store, split: str) -> list[str]:
     ids = store.spec.splits[split].ids
     problems += [f"{split}: image {ids[i]} (#{i}) not built (rerun `softprep build`)" for i in np.flatnonzero(~done)]
     for target in store.targets:
-        for name in RECORD_ARRAYS:
+        for name in record_arrays(store):
             problems += _decode_all(store, f"{split}/{target}/{name}", split)
     return problems
 
@@ -212,10 +216,10 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
     if int(view.denominators[i]) != (plan.denominator or 0):
         problems.append(f"denominator: records {int(view.denominators[i])}, the plan gives {plan.denominator or 0}")
     bucket, position = view.bucket(i), view.positions[i]
-    for name in SAMPLE_ARRAYS:
+    for name in ("image", *map_arrays(store.format_version >= 4 and bucket.attrs.get("nn_floor", False))):
         arrays[name] = _read_image_array(store, bucket[name], position, (), name, problems)
     try:
-        records = {name: view.group[name][i] for name in RECORD_ARRAYS}
+        records = {name: view.group[name][i] for name in record_arrays(store)}
     except Exception:  # noqa: BLE001 - reported with its chunk by _check_split_records
         return None, problems
     if problems:
@@ -231,7 +235,10 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
     weights = arrays["mixed_weights"]
     denominator = plan.denominator if weights.dtype.kind == "u" else None
     soft = unpack(PackedSoftLabel(classes, arrays["mixed_classes"], weights, store.spec.num_classes, denominator))
-    return soft, problems + _check_soft_label(soft, records, arrays["nn"][:h, :w])
+    maps = {"nn_counts": arrays["nn"][:h, :w]}
+    if "nn_floor_counts" in records:
+        maps["nn_floor_counts"] = arrays.get("nn_floor", arrays["nn"])[:h, :w]
+    return soft, problems + _check_soft_label(soft, records, maps)
 
 
 def _read_image_array(store: Store, array, position: int, rest: tuple, name: str, problems: list[str]):
@@ -246,7 +253,9 @@ def _read_image_array(store: Store, array, position: int, rest: tuple, name: str
         return None
 
 
-def _check_soft_label(soft: SoftLabel, records: dict, nn: np.ndarray) -> list[str]:
+def _check_soft_label(soft: SoftLabel, records: dict, maps: dict[str, np.ndarray]) -> list[str]:
+    """The soft label's invariants, its recorded masses, and each hard map's recorded counts
+    (``maps``: record name -> ``(h, w) uint8`` map)."""
     problems = []
     c, classes, weights = soft.num_classes, soft.classes, soft.weights
     one = soft.denominator if soft.exact else 1.0
@@ -273,9 +282,10 @@ def _check_soft_label(soft: SoftLabel, records: dict, nn: np.ndarray) -> list[st
     if not np.allclose(value, records["mass"], rtol=1e-6, atol=1e-6):
         problems.append(f"mass: recorded class masses differ from the stored soft label's "
                         f"(classes {_differing(~np.isclose(value, records['mass'], rtol=1e-6, atol=1e-6), False)})")
-    nn_counts = np.bincount(nn[nn != EMPTY].ravel(), minlength=c)[:c]
-    if not np.array_equal(nn_counts, records["nn_counts"]):
-        problems.append(f"nn_counts: recorded NN counts differ from the stored NN map's (classes {_differing(nn_counts, records['nn_counts'])})")
+    for name, hard in maps.items():
+        counts = np.bincount(hard[hard != EMPTY].ravel(), minlength=c)[:c]
+        if not np.array_equal(counts, records[name]):
+            problems.append(f"{name}: recorded counts differ from the stored map's (classes {_differing(counts, records[name])})")
     return problems
 
 

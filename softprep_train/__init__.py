@@ -19,6 +19,7 @@ _EXPORTS = {
     "MODELS": "models", "build_model": "models",
     "TrainConfig": "train", "fit": "train", "normalise": "data",
     "ToSoftLabel": "transforms", "SoftMask": "transforms", "albumentations_soft_label": "transforms",
+    "ToAlignedMask": "transforms", "AlignedMask": "transforms", "albumentations_hard_label": "transforms",
 }
 
 __all__ = list(_EXPORTS)

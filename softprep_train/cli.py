@@ -14,15 +14,14 @@ import numpy as np
 
 from softprep.errors import SoftprepError
 from softprep.options import LOCATION, SIZE, OneLineErrors, dataset_choice, device_option, no_verify_option, out_folder
-from softprep_train.config import TrainConfig, default
+from softprep_train.config import NN_SAMPLINGS, TrainConfig, default
 from softprep_train.experiment import DEFAULT_ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, per_scale_text
 
 try:  # the registries name --model's and --loss's choices; without torch, entry() says what to install
-    from softprep_train.data import NN_SAMPLINGS
     from softprep_train.losses import LOSSES
     from softprep_train.models import MODELS
 except ImportError:
-    MODELS, LOSSES, NN_SAMPLINGS = {}, {}, ("floor", "centre")
+    MODELS, LOSSES = {}, {}
 
 
 class _Group(OneLineErrors):
@@ -73,7 +72,8 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--loss", default=default("loss"), show_default=True, type=click.Choice(list(LOSSES)),
               help="kl: soft labels; ce-nn: NN hard labels (baseline).")
 @click.option("--nn-sampling", default=default("nn_sampling"), show_default=True, type=click.Choice(NN_SAMPLINGS),
-              help="ce-nn labels: floor = torch nearest (the stored NN map); centre = nearest-exact from the store's 1.0 target.")
+              help="ce-nn labels: centre = nearest-exact at pixel centres through the whole augmentation (aligned with "
+              "the image); floor = torch nearest (what most pipelines do: labels (s-1)/2 px up-left).")
 @click.option("--mc/--no-mc", default=default("mc"), show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
 @click.option("--class-weights", type=click.Path(dir_okay=False, path_type=Path), help="JSON list of per-class loss weights.")
 @click.option("--split", default=default("split"), show_default=True, help="Store split to train on.")

@@ -10,9 +10,12 @@ and soft label go through the very same linear map, ``out = rows @ x @ cols.T`` 
 * ``cols``: ``(crop_w, src_w) float32``, the same for columns, reversed when flipped.
 
 The taps come from :func:`softprep.plan.plan_for_size` (source size -> resized size). Workers
-ship them as tap tables (:func:`axis_taps`); :func:`taps_to_matrix` expands them.
+ship them as tap tables (:func:`axis_taps`, :func:`axis_nearest`); :func:`taps_to_matrix` expands them.
 
-NN labels (the ``ce-nn`` baseline) take the nearest-neighbour index of the same geometry.
+Hard labels (``ce-nn``) take the nearest-neighbour index of the same geometry: by default
+``nearest-exact`` (pixel centres) over the store's centred ``nn`` map at the source target, so they
+stay aligned with the colour image through resize, crop and flip without a full-resolution target;
+``nn_sampling="floor"`` takes torch ``nearest`` over the store's ``nn_floor`` map (what pipelines do).
 
 Densifying the sparse soft label and applying the geometry happen in :func:`finish_sample`,
 either in the DataLoader workers (``densify="worker"``) or on the training device
@@ -35,6 +38,7 @@ from softprep.softlabel import IGNORE_INDEX, SoftLabel
 from softprep.kernels import AxisWeights
 from softprep.plan import target_name, plan_for_size
 from softprep.store import open_store
+from softprep_train.config import NN_SAMPLINGS, default
 
 IGNORE = IGNORE_INDEX  # the ignore value of hard labels and crop padding
 RESIZE_RANGE = (0.5, 2.0)
@@ -42,12 +46,8 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-#: The stored target holding the original labels (what ``nn_sampling="centre"`` samples from).
+#: The stored target holding the original labels (where a format-3 store's centred labels come from).
 FULL_RESOLUTION = "1.0"
-#: How the hard (``ce-nn``) labels are sampled: ``floor`` is torch's ``nearest`` (the store's NN map,
-#: resampled again by the augmentation: what pipelines do; it sits up and left of the colour image),
-#: ``centre`` is ``nearest-exact`` from the full-resolution labels in one step (aligned with the colour).
-NN_SAMPLINGS = ("floor", "centre")
 
 
 @dataclass
@@ -59,24 +59,24 @@ class Augment:
     flip: bool = True
 
 
-def axis_taps(taps: AxisWeights, nearest: AxisWeights, start: int, length: int,
-              flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One axis of a geometry: the resize ``taps`` (and ``nearest`` table) ``src -> out``, keeping
-    ``[start, start + length)`` (beyond ``out``: padding).
-
-    Returns the compact form that travels from worker to trainer: ``index (length, T) int64`` and
-    ``weight (length, T) float32`` taps (padding: weight 0), and ``nearest (length,) int64`` source
-    index (-1 for padding); all reversed when ``flip``.
-    """
+def axis_taps(taps: AxisWeights, start: int, length: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of a geometry: the resize ``taps`` ``src -> out``, keeping ``[start, start + length)``
+    (beyond ``out``: padding), in the compact form that travels from worker to trainer:
+    ``index (length, T) int64`` and ``weight (length, T) float32`` (padding: weight 0), reversed when ``flip``."""
     keep = np.arange(start, min(start + length, taps.out_size))
     index = np.zeros((length, taps.taps), dtype=np.int64)
     weight = np.zeros((length, taps.taps), dtype=np.float32)
-    nearest_index = np.full(length, -1, dtype=np.int64)
     index[: len(keep)], weight[: len(keep)] = taps.index[keep], taps.weight[keep]
-    nearest_index[: len(keep)] = nearest.index[keep, 0]
-    if flip:
-        index, weight, nearest_index = index[::-1].copy(), weight[::-1].copy(), nearest_index[::-1].copy()
-    return index, weight, nearest_index
+    return (index[::-1].copy(), weight[::-1].copy()) if flip else (index, weight)
+
+
+def axis_nearest(table: AxisWeights, start: int, length: int, flip: bool) -> np.ndarray:
+    """One axis of a hard label's geometry: ``(length,) int64`` source index of each kept output pixel
+    of a nearest-neighbour ``table`` (-1 beyond ``out``: padding), reversed when ``flip``."""
+    keep = np.arange(start, min(start + length, table.out_size))
+    index = np.full(length, -1, dtype=np.int64)
+    index[: len(keep)] = table.index[keep, 0]
+    return index[::-1].copy() if flip else index
 
 
 def taps_to_matrix(index: torch.Tensor, weight: torch.Tensor, src: int) -> torch.Tensor:
@@ -177,17 +177,22 @@ class StoreDataset(Dataset):
     ``cache=True`` keeps every decoded stored sample (colour, sparse soft label, NN map) in this
     process's memory after its first read: for datasets that fit in memory, where reading and
     decoding would dominate the steps of a small model. ``nn_sampling`` (:data:`NN_SAMPLINGS`)
-    chooses how the ``nn`` labels are sampled; ``"centre"`` needs the store's target ``1.0``.
+    chooses how the ``nn`` labels are sampled: ``"centre"`` (default) at pixel centres from the
+    source target's centred map (a format-3 store, whose maps are torch ``nearest``: from its
+    target ``1.0``), ``"floor"`` by torch ``nearest`` from the ``nn_floor`` map.
     """
 
     def __init__(self, store_path: str, split: str, target, augment: Augment | None = None,
-                 densify: str = "worker", cache: bool = False, nn_sampling: str = "floor"):
+                 densify: str = "worker", cache: bool = False, nn_sampling: str = default("nn_sampling")):
         store = open_store(store_path)
         if nn_sampling not in NN_SAMPLINGS:
             raise SoftprepError(f"unknown nn_sampling {nn_sampling!r}; choose one of {', '.join(NN_SAMPLINGS)}")
-        if nn_sampling == "centre" and FULL_RESOLUTION not in store.targets:
-            raise SoftprepError(f"{store_path}: centred NN labels are sampled from the full-resolution labels, and the "
-                                f"store has no target {FULL_RESOLUTION}; rebuild it with --scales ... 1.0")
+        #: format 3 kept torch ``nearest`` maps only: centred labels come from the original labels
+        self._centre_from_full = nn_sampling == "centre" and store.nn_rule != "nearest-exact"
+        if self._centre_from_full and FULL_RESOLUTION not in store.targets:
+            raise SoftprepError(f"{store_path}: a format-{store.format_version} store keeps torch nearest maps only, so "
+                                f"centred labels come from the full-resolution labels, and it has no target "
+                                f"{FULL_RESOLUTION}; rebuild it (softprep build ... --overwrite) for centred maps at every target")
         self.cache, self.nn_sampling, self._cached = cache, nn_sampling, {}
         self.store_path, self.split, self.target = str(store_path), split, target_name(target)
         self.augment, self.densify = augment, densify
@@ -244,18 +249,20 @@ class StoreDataset(Dataset):
         image, soft, nn = self.stored(source, index)
         shape = image.shape[:2]
         plan = plan_for_size(self.kernel, self.antialias, shape, (out_h, out_w))
-        row_index, row_weight, nn_rows = axis_taps(plan.rows, plan.nearest_rows, start[0], crop[0], False)
-        col_index, col_weight, nn_cols = axis_taps(plan.cols, plan.nearest_cols, start[1], crop[1], flip)
-        if self.nn_sampling == "centre":
+        if self._centre_from_full:
             nn = self.full_resolution_labels(index)
-            nn_rows = centre_nearest(nn.shape[0], out_h, start[0], crop[0], False)
-            nn_cols = centre_nearest(nn.shape[1], out_w, start[1], crop[1], flip)
+        hard = plan_for_size(self.kernel, self.antialias, nn.shape, (out_h, out_w))  # the hard map's own tables
+        hard_rows, hard_cols = ((hard.floor_rows, hard.floor_cols) if self.nn_sampling == "floor"
+                                else (hard.nearest_rows, hard.nearest_cols))
+        row_index, row_weight = axis_taps(plan.rows, start[0], crop[0], False)
+        col_index, col_weight = axis_taps(plan.cols, start[1], crop[1], flip)
+        nn_rows, nn_cols = axis_nearest(hard_rows, start[0], crop[0], False), axis_nearest(hard_cols, start[1], crop[1], flip)
         colour = {}
         if self.image_kernel != self.kernel:  # Table IV stores: the colour image's own kernel
             image_plan = plan_for_size(self.image_kernel, self.antialias, shape, (out_h, out_w))
             for axis, taps, begin, length, flipped in (("row", image_plan.rows, start[0], crop[0], False),
                                                        ("col", image_plan.cols, start[1], crop[1], flip)):
-                tap_index, weight, _ = axis_taps(taps, taps, begin, length, flipped)
+                tap_index, weight = axis_taps(taps, begin, length, flipped)
                 colour[f"image_{axis}_index"], colour[f"image_{axis}_weight"] = torch.from_numpy(tap_index), torch.from_numpy(weight)
         return {**colour,
             "image": torch.from_numpy(image),
@@ -271,9 +278,10 @@ class StoreDataset(Dataset):
 
     def stored(self, target: str, index: int) -> tuple[np.ndarray, SoftLabel, np.ndarray]:
         """Image ``index`` as stored at ``target``: colour ``(h, w, 3) uint8``, the sparse soft label,
-        NN map ``(h, w) uint8``; from memory when cached."""
+        the hard map ``nn_sampling`` samples from ``(h, w) uint8``; from memory when cached."""
+        hard = (lambda sample: sample.nn_floor()) if self.nn_sampling == "floor" else (lambda sample: sample.nn())
         return self._remember((target, index), lambda sample: (np.ascontiguousarray(sample.image), sample.soft_label(),
-                                                               sample.nn()))
+                                                               hard(sample)))
 
     def full_resolution_labels(self, index: int) -> np.ndarray:
         """``(H, W) uint8`` original labels of image ``index`` (the store's target 1.0); cached like :meth:`stored`."""
@@ -288,16 +296,6 @@ class StoreDataset(Dataset):
                 return value
             self._cached[key] = value
         return self._cached[key]
-
-
-def centre_nearest(full: int, out: int, start: int, length: int, flip: bool) -> np.ndarray:
-    """``(length,) int64`` full-resolution index of each kept output pixel under ``nearest-exact``
-    sampling ``full -> out`` (pixel centres aligned: ``floor((i + 0.5) * full / out)``), for output
-    pixels ``[start, start + length)``; -1 beyond ``out`` (padding); reversed when ``flip``."""
-    position = np.arange(start, start + length)
-    index = np.minimum(((2 * position + 1) * full) // (2 * out), full - 1).astype(np.int64)
-    index[position >= out] = -1
-    return index[::-1].copy() if flip else index
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:

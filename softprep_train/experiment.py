@@ -58,14 +58,15 @@ class Arm:
     kernel: str  # the label kernel of the store it reads (colour: always COLOUR_KERNEL)
     loss: str  # "kl" | "ce-nn"
     mc: bool = True
-    nn_sampling: str = "floor"
+    nn_sampling: str = "centre"
     about: str = ""
 
 
 ARMS = {arm.name: arm for arm in (
-    Arm("nn", "area", "ce-nn", about="torch `nearest` labels (the stored NN map, resampled again by the augmentation)"),
+    Arm("nn", "area", "ce-nn", nn_sampling="floor",
+        about="torch `nearest` labels (the stored `nn_floor` map, resampled again by torch `nearest` in the augmentation)"),
     Arm("nn-centred", "area", "ce-nn", nn_sampling="centre",
-        about="`nearest-exact` from full resolution: hard labels aligned with the colour image"),
+        about="`nearest-exact` at pixel centres through the augmentation: hard labels aligned with the colour image"),
     Arm("soft", "area", "kl", about="area soft labels, KL loss (eq. 4)"),
     Arm("soft-no-mc", "area", "kl", mc=False, about="area soft labels, single-class pixels only (Table III)"),
     Arm("soft-bilinear", "bilinear", "kl", about="bilinear soft labels (the paper's kernel), area colour"),

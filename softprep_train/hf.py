@@ -31,4 +31,13 @@ def soft_label_for_logits(soft: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(soft, size=tuple(size), mode="area")
 
 
-__all__ = ["soft_label_for_logits"]
+def hard_label_for_logits(labels: torch.Tensor, size) -> torch.Tensor:
+    """``(B, h, w)`` hard labels (255 = ignore) -> ``(B, h', w')`` at the logits' size, sampled at pixel
+    centres (torch's ``nearest-exact``), so a ``ce-nn`` baseline stays aligned with the image (torch's
+    default ``nearest`` would move them ``(s - 1) / 2`` px up-left)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].to(labels.dtype)
+
+
+__all__ = ["hard_label_for_logits", "soft_label_for_logits"]

@@ -31,6 +31,7 @@ try:
 except ImportError:  # the message names the extra; nothing else in softprep needs Lightning
     raise SoftprepError("softprep_train.lightning needs the lightning extra: pip install 'softprep[lightning]'") from None
 
+from softprep_train.config import default
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device
 from softprep_train.losses import LOSSES, kl_loss
 from softprep_train.models import build_model
@@ -46,12 +47,13 @@ class SoftLabelDataModule(pl.LightningDataModule):
         densify: ``"auto"`` (on the device when the trainer runs on a GPU, else in the workers),
             ``"worker"`` or ``"device"``.
         cache: keep decoded samples in memory (small datasets).
-        nn_sampling: how the ``nn`` labels of a ``ce-nn`` baseline are sampled (``floor`` | ``centre``).
+        nn_sampling: how the ``nn`` labels of a ``ce-nn`` baseline are sampled (``centre``: aligned with the
+            image, the default | ``floor``: torch ``nearest``).
     """
 
     def __init__(self, store: str, scale, batch_size: int = 8, crop: tuple[int, int] | None = None, workers: int = 2,
                  seed: int = 0, train_split: str = "train", val_split: str | None = "val", densify: str = "auto",
-                 cache: bool = False, nn_sampling: str = "floor"):
+                 cache: bool = False, nn_sampling: str = default("nn_sampling")):
         super().__init__()
         self.store, self.scale, self.batch_size, self.workers, self.seed = str(store), scale, batch_size, workers, seed
         self.train_split, self.val_split, self.densify, self.cache, self.nn_sampling = (

@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
 
 from softprep.errors import SoftprepError
-from softprep.kernels import DEFAULT_KERNEL
+from softprep.kernels import DEFAULT_KERNEL, axis_weights
 from softprep.plan import parse_target, plan_for_size, resampling_plan
 from softprep.resample import IGNORE_INDEX, resize_image, soft_label
 from softprep_train.data import taps_to_matrix
@@ -63,26 +63,24 @@ def soft_label_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, targe
     return resize_image(image, plan.rows, plan.cols), soft.dense()
 
 
-class ToSoftLabel(Transform):
-    """``(image, Mask)`` -> ``(image, SoftMask)`` at ``target`` (a factor, ``"short512"``, ``"fit512x1024"``
-    or None for full resolution), both resampled with ``kernel``. Images are ``tv_tensors.Image``
-    (``(3, H, W) uint8``) or PIL images; masks ``tv_tensors.Mask`` of train ids (``ignore_index`` unlabelled)."""
+class _ToTarget(Transform):
+    """Bring an image to ``target`` with ``kernel`` (``tv_tensors.Image``, a plain tensor or a PIL
+    image); subclasses say what becomes of a ``tv_tensors.Mask``."""
 
-    def __init__(self, num_classes: int, target=None, kernel: str = DEFAULT_KERNEL, antialias: bool = False,
-                 ignore_index: int = IGNORE_INDEX):
+    def __init__(self, target=None, kernel: str = DEFAULT_KERNEL, antialias: bool = False):
         super().__init__()
-        self.num_classes, self.kernel, self.antialias, self.ignore_index = num_classes, kernel, antialias, ignore_index
+        self.kernel, self.antialias = kernel, antialias
         self.target = parse_target(target) if target is not None else None
 
     def _plan(self, size: tuple[int, int]):
         return resampling_plan(self.kernel, self.antialias, size, self.target if self.target is not None else 1.0)
 
+    def _mask(self, mask: torch.Tensor) -> Any:
+        raise NotImplementedError
+
     def transform(self, inpt: Any, params: dict) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
-            mask = inpt.as_subclass(torch.Tensor).squeeze(0) if inpt.ndim == 3 else inpt.as_subclass(torch.Tensor)
-            plan = self._plan(tuple(mask.shape))
-            soft = soft_label(mask.numpy().astype(np.uint8), plan.rows, plan.cols, self.num_classes, self.ignore_index)
-            return SoftMask(torch.from_numpy(soft.dense()))
+            return self._mask(inpt.as_subclass(torch.Tensor).squeeze(0) if inpt.ndim == 3 else inpt.as_subclass(torch.Tensor))
         if isinstance(inpt, tv_tensors.Image) or F._utils.is_pure_tensor(inpt):
             image = inpt.as_subclass(torch.Tensor)
             plan = self._plan(tuple(image.shape[-2:]))
@@ -96,6 +94,72 @@ class ToSoftLabel(Transform):
             plan = self._plan(array.shape[:2])
             return Image.fromarray(resize_image(array, plan.rows, plan.cols))
         return inpt
+
+
+class ToSoftLabel(_ToTarget):
+    """``(image, Mask)`` -> ``(image, SoftMask)`` at ``target`` (a factor, ``"short512"``, ``"fit512x1024"``
+    or None for full resolution), both resampled with ``kernel``. Images are ``tv_tensors.Image``
+    (``(3, H, W) uint8``) or PIL images; masks ``tv_tensors.Mask`` of train ids (``ignore_index`` unlabelled)."""
+
+    def __init__(self, num_classes: int, target=None, kernel: str = DEFAULT_KERNEL, antialias: bool = False,
+                 ignore_index: int = IGNORE_INDEX):
+        super().__init__(target, kernel, antialias)
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def _mask(self, mask: torch.Tensor) -> "SoftMask":
+        plan = self._plan(tuple(mask.shape))
+        soft = soft_label(mask.numpy().astype(np.uint8), plan.rows, plan.cols, self.num_classes, self.ignore_index)
+        return SoftMask(torch.from_numpy(soft.dense()))
+
+
+class AlignedMask(tv_tensors.Mask):
+    """A hard label map (train ids) that ``v2`` resizes at pixel centres (``nearest-exact``), so it
+    stays aligned with a smoothly resized image; crops, flips and pads are ``tv_tensors.Mask``'s own.
+    (A plain ``Mask`` is resized by torch ``nearest``: its labels move ``(s - 1) / 2`` px up-left.)"""
+
+
+class ToAlignedMask(_ToTarget):
+    """``(image, Mask)`` -> ``(image, AlignedMask)`` at ``target``: the image resampled with ``kernel``,
+    the mask sampled at pixel centres (hard labels for cross-entropy, aligned with the image)."""
+
+    def _mask(self, mask: torch.Tensor) -> AlignedMask:
+        return _aligned_resize(mask, self._plan(tuple(mask.shape)).size)
+
+
+def _aligned_resize(mask: torch.Tensor, size: tuple[int, int]) -> AlignedMask:
+    """``(..., H, W)`` hard labels sampled at the centres of ``size``'s pixels (``nearest-exact``)."""
+    height, width = mask.shape[-2:]
+    rows = torch.tensor(axis_weights("nearest-exact", height, size[0]).index[:, 0])
+    cols = torch.tensor(axis_weights("nearest-exact", width, size[1]).index[:, 0])
+    return AlignedMask(mask.as_subclass(torch.Tensor).index_select(-2, rows).index_select(-1, cols))
+
+
+def _aligned_resize_kernel(mask, size, interpolation=None, max_size=None, antialias=None):
+    out_size = _compute_resized_output_size(tuple(mask.shape[-2:]), size, max_size)
+    return _aligned_resize(mask, tuple(out_size))
+
+
+def _aligned_resized_crop_kernel(mask, top: int, left: int, height: int, width: int, size, interpolation=None,
+                                 antialias=None):
+    return _aligned_resize(F.crop(tv_tensors.Mask(mask.as_subclass(torch.Tensor)), top, left, height, width), tuple(size))
+
+
+F.register_kernel(functional=F.resize, tv_tensor_cls=AlignedMask)(_aligned_resize_kernel)
+F.register_kernel(functional=F.resized_crop, tv_tensor_cls=AlignedMask)(_aligned_resized_crop_kernel)
+
+
+def albumentations_hard_label(target=None, kernel: str = DEFAULT_KERNEL, antialias: bool = False):
+    """An albumentations-style callable: ``f(image=HxWx3 uint8, mask=HxW) -> {"image", "mask"}`` with
+    ``mask`` the ``(h, w) uint8`` hard labels sampled at pixel centres (aligned with the image, which
+    is resampled with ``kernel``): what ``A.Resize(mask_interpolation=cv2.INTER_NEAREST_EXACT)`` does."""
+
+    def call(**data):
+        mask = np.asarray(data["mask"])
+        plan = resampling_plan(kernel, antialias, mask.shape[:2], target if target is not None else 1.0)
+        image = resize_image(np.asarray(data["image"]), plan.rows, plan.cols)
+        return {**data, "image": image, "mask": mask[np.ix_(plan.nearest_rows.index[:, 0], plan.nearest_cols.index[:, 0])]}
+
+    return call
 
 
 def albumentations_soft_label(num_classes: int, target=None, kernel: str = DEFAULT_KERNEL, antialias: bool = False):
@@ -197,4 +261,5 @@ for _functional in (F.rotate, F.affine, F.perspective, F.elastic):
     F.register_kernel(functional=_functional, tv_tensor_cls=SoftMask)(_refuse(_functional.__name__))
 
 
-__all__ = ["SoftMask", "ToSoftLabel", "albumentations_soft_label", "soft_label_pair"]
+__all__ = ["AlignedMask", "SoftMask", "ToAlignedMask", "ToSoftLabel", "albumentations_hard_label",
+           "albumentations_soft_label", "soft_label_pair"]

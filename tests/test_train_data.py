@@ -45,8 +45,8 @@ def test_geometry_equals_torch_interpolate_then_crop_and_flip():
     x = torch.from_numpy(rng.random((5, 20, 30)).astype(np.float32))
     out_h, out_w, crop = 13, 41, (8, 16)
     plan = plan_for_size("bilinear", False, (20, 30), (out_h, out_w))
-    rows = taps_to_matrix(*map(torch.from_numpy, axis_taps(plan.rows, plan.nearest_rows, 3, crop[0], False)[:2]), 20)
-    cols = taps_to_matrix(*map(torch.from_numpy, axis_taps(plan.cols, plan.nearest_cols, 20, crop[1], True)[:2]), 30)
+    rows = taps_to_matrix(*map(torch.from_numpy, axis_taps(plan.rows, 3, crop[0], False)), 20)
+    cols = taps_to_matrix(*map(torch.from_numpy, axis_taps(plan.cols, 20, crop[1], True)), 30)
     ours = torch.einsum("yh,chw,xw->cyx", rows, x, cols)
     reference = F.interpolate(x[None], size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
     reference = reference[:, 3:3 + crop[0], 20:20 + crop[1]].flip(-1)
@@ -147,42 +147,53 @@ def test_bicubic_geometry_keeps_soft_labels_distributions(demo_root, tmp_path):
         assert soft.min() >= 0 and soft.sum(0).max() <= 1 + 1e-5
 
 
+def _draw(dataset: StoreDataset, index: int, seed: int, crop: tuple[int, int]):
+    """The augmentation the dataset draws for ``seed``, repeated: size, source target, crop start, flip."""
+    base_h, base_w = dataset.sizes["0.25"][index]
+    rng = np.random.default_rng(seed)
+    ratio = rng.uniform(0.5, 2.0)
+    out_h, out_w = max(1, round(base_h * ratio)), max(1, round(base_w * ratio))
+    top, left = int(rng.integers(0, max(out_h - crop[0], 0) + 1)), int(rng.integers(0, max(out_w - crop[1], 0) + 1))
+    return (out_h, out_w), dataset.source_target(index, (out_h, out_w)), (top, left), bool(rng.random() < 0.5)
+
+
+def _torch_hard(source: torch.Tensor, size, start, crop, flip: bool, mode: str) -> torch.Tensor:
+    """torch's ``mode`` resize of a hard map, then the crop (ignore padding) and flip."""
+    resized = F.interpolate(source[None, None].float(), size=size, mode=mode)[0, 0].long()
+    (top, left), (h, w) = start, crop
+    padded = F.pad(resized, (0, max(0, left + w - size[1]), 0, max(0, top + h - size[0])), value=IGNORE)
+    out = padded[top:top + h, left:left + w]
+    return out.flip(1) if flip else out
+
+
 @pytest.mark.parametrize("seed", [None, 0, 1, 2, 3, 4, 5])
-def test_centred_nn_labels_are_torch_nearest_exact_from_full_resolution(store, seed):
-    """nn_sampling="centre": one nearest-exact step from the original labels to the augmented
-    size, then the same crop (ignore padding) and flip as the colour image."""
-    augment = Augment((20, 40)) if seed is not None else None
-    dataset = StoreDataset(store, "train", 0.25, augment, nn_sampling="centre")
-    full = torch.from_numpy(open_store(store).samples("train", 1.0)[3].nn())
+@pytest.mark.parametrize("sampling, mode, stored", [("centre", "nearest-exact", "nn"), ("floor", "nearest", "nn_floor")])
+def test_hard_labels_are_torch_nearest_of_the_source_targets_map(store, seed, sampling, mode, stored):
+    """nn_sampling="centre" (the default): torch's ``nearest-exact`` of the source target's centred map
+    to the augmented size, then the colour image's crop (ignore padding) and flip; no full-resolution
+    target is read. ``floor``: torch ``nearest`` of the source target's ``nn_floor`` map."""
+    crop = (20, 40)
+    dataset = StoreDataset(store, "train", 0.25, Augment(crop) if seed is not None else None, nn_sampling=sampling)
     got = finish_sample(dataset.raw(3, seed))["nn"]
     if seed is None:
-        expected = F.interpolate(full[None, None].float(), size=got.shape, mode="nearest-exact")[0, 0].long()
-        ties = np.zeros(got.shape, bool)
-    else:  # the draw, repeated as the dataset makes it
-        base_h, base_w = dataset.sizes["0.25"][3]
-        rng = np.random.default_rng(seed)
-        ratio = rng.uniform(0.5, 2.0)
-        out_h, out_w = max(1, round(base_h * ratio)), max(1, round(base_w * ratio))
-        top, left = int(rng.integers(0, max(out_h - 20, 0) + 1)), int(rng.integers(0, max(out_w - 40, 0) + 1))
-        flip = bool(rng.random() < 0.5)
-        resized = F.interpolate(full[None, None].float(), size=(out_h, out_w), mode="nearest-exact")[0, 0].long()
-        padded = F.pad(resized, (0, max(0, left + 40 - out_w), 0, max(0, top + 20 - out_h)), value=IGNORE)
-        expected = padded[top:top + 20, left:left + 40]
-        expected = expected.flip(1) if flip else expected
-        # Exact ties (a centre on a source pixel boundary: (2 i + 1) H / (2 h) an integer) take the
-        # exact floor; torch's float32 scale can land just below it and pick the pixel before.
-        row_tie = ((2 * np.arange(top, top + 20) + 1) * full.shape[0]) % (2 * out_h) == 0
-        col_tie = ((2 * np.arange(left, left + 40) + 1) * full.shape[1]) % (2 * out_w) == 0
-        ties = row_tie[:, None] | (col_tie[::-1] if flip else col_tie)[None, :]
-    differ = (got != expected).numpy()
-    assert not (differ & ~ties).any()
-    assert differ.sum() <= ties.sum()
+        size, source, start, flip = tuple(got.shape), "0.25", (0, 0), False
+    else:
+        size, source, start, flip = _draw(dataset, 3, seed, crop)
+    stored_map = getattr(open_store(store).samples("train", source)[3], stored)()
+    expected = _torch_hard(torch.from_numpy(stored_map), size, start, got.shape, flip, mode)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_centred_nn_labels_need_the_full_resolution_target(demo_root, tmp_path):
+def test_centred_labels_need_no_full_resolution_target_but_a_format_3_store_does(demo_root, tmp_path):
+    import zarr
+
     out = tmp_path / "no-full.zarr"
     build(get_dataset("cityscapes", demo_root), out, [0.25], shard_size=4, jobs=1)
-    with pytest.raises(Exception, match="store has no target 1.0; rebuild it with --scales ... 1.0"):
+    item = StoreDataset(str(out), "train", 0.25, Augment((16, 32)), nn_sampling="centre")[(0, 1)]
+    assert item["nn"].shape == (16, 32)
+    root = zarr.open_group(str(out), mode="r+")  # a format-3 store kept torch nearest maps only
+    root.attrs["softprep"] = {**root.attrs["softprep"], "format_version": 3}
+    with pytest.raises(Exception, match="keeps torch nearest maps only, so centred labels come from the full-resolution"):
         StoreDataset(str(out), "train", 0.25, nn_sampling="centre")
 
 

@@ -15,13 +15,15 @@ Layout (``docs/store-format.md`` is the full specification)::
           planes         (N,)   uint8     soft-label slots used by each image
           mass           (N, C) float64   soft-label weight per class
           mass_numerator (N, C) int64     the same, exact numerators over ``denominator`` (0 where float)
-          nn_counts      (N, C) int64     NN pixels per class
+          nn_counts      (N, C) int64     nn pixels per class
+          nn_floor_counts (N, C) int64    nn_floor pixels per class
           {bucket}/                   images whose full-resolution size falls in one size bucket
             image          (Nb, Hb, Wb, 3) uint8
             classes        (Nb, Hb, Wb) uint8    single-class pixels' class, 254 = mixed, 255 = nothing
             mixed_classes  (Nb, K, L) uint8      slot classes of the mixed pixels, in row-major order
             mixed_weights  (Nb, K, L) uint8|uint16|uint32|float32  their weights (row 0: ignored share)
-            nn             (Nb, Hb, Wb) uint8    nearest-neighbour train ids (255 = ignore)
+            nn             (Nb, Hb, Wb) uint8    hard labels at pixel centres, nearest-exact (255 = ignore)
+            nn_floor       (Nb, Hb, Wb) uint8    hard labels by torch nearest (absent where equal to nn)
 
 Images are grouped into *size buckets* by their full-resolution size (each side rounded up to a
 grid of four steps per octave): a bucket's arrays are as large as its largest member, so reading
@@ -31,9 +33,9 @@ written by the build's parent process only, ``done`` last.
 """
 
 from softprep.store.layout import (  # noqa: F401
-    BUCKET_STEPS_PER_OCTAVE, DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, READABLE_FORMATS, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN,
+    BUCKET_STEPS_PER_OCTAVE, DEFAULT_SHARD_SIZE, FORMAT, FORMAT_VERSION, NN_RULE, READABLE_FORMATS, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN,
     LIST_CHUNK_SHARE, RECORD_CHUNK, SHARD_PIXEL_BUDGET, SOFT_LABEL_ARRAYS, ZSTD_LEVEL, BucketLayout, SplitSpec,
-    StoreSpec, Task, bucket_of, target_name,
+    StoreSpec, Task, bucket_of, map_arrays, target_name,
 )
 from softprep.store.lifecycle import (  # noqa: F401
     RESERVED_SUFFIXES, create_store_atomically, creating_path, delete_store, deleting_path, foreign_folder,

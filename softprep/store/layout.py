@@ -11,8 +11,11 @@ from softprep.plan import ResamplingPlan, parse_target, resampling_plan, target_
 from softprep.softlabel import weight_dtype
 
 FORMAT = "softprep-store"
-#: The format this softprep writes; 4 records each label file's digest (the store's source).
+#: The format this softprep writes. 4: the ``nn`` map is ``nearest-exact`` (pixel centres, aligned
+#: with the image; torch ``nearest`` kept as ``nn_floor``), and each label file's digest is recorded.
 FORMAT_VERSION = 4
+#: How each format samples its ``nn`` map (``softprep.kernels``' kernel names).
+NN_RULE = {3: "nearest", 4: "nearest-exact"}
 #: The formats it reads.
 READABLE_FORMATS = (3, 4)
 ZSTD_LEVEL = 3
@@ -90,14 +93,22 @@ class SplitSpec:
         return attrs
 
 
+def map_arrays(nn_floor: bool) -> tuple[str, ...]:
+    """The ``(Nb, Hb, Wb) uint8`` per-pixel maps of a bucket: the soft label's class map, the ``nn``
+    map, and the torch ``nearest`` map where it differs (bucket attribute ``nn_floor``)."""
+    return ("classes", "nn", "nn_floor") if nn_floor else ("classes", "nn")
+
+
 @dataclass(frozen=True)
 class BucketLayout:
-    """Arrays of one bucket at one target: ``shape (Hb, Wb)``, ``planes`` K, weight dtype, exactness."""
+    """Arrays of one bucket at one target: ``shape (Hb, Wb)``, ``planes`` K, weight dtype, exactness,
+    and whether torch ``nearest`` needs its own map (``nn_floor``; not where it equals ``nn``, at 1:1)."""
 
     shape: tuple[int, int]
     planes: int
     exact: bool
     weights_dtype: str
+    nn_floor: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ class StoreSpec:
             "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self.dataset,
             "classes": self.classes, "palette": self.palette, "ignore_index": self.ignore_index,
             "kernel": self.kernel, "image_kernel": self.colour_kernel, "antialias": self.antialias, "targets": self.targets,
+            "nn_rule": NN_RULE[FORMAT_VERSION],
             "splits": list(self.splits), "shard_size": self.shard_size, "complete": complete,
         }
 
@@ -158,7 +170,8 @@ class StoreSpec:
         denominators = [p.denominator for p in plans]
         exact = None not in denominators
         dtype = weight_dtype(max(denominators) if exact else None)
-        return BucketLayout(shape, max(p.max_classes(self.num_classes) for p in plans), exact, dtype.name)
+        return BucketLayout(shape, max(p.max_classes(self.num_classes) for p in plans), exact, dtype.name,
+                            any(p.floor_differs for p in plans))
 
     def shard_images(self, split: str, bucket: str) -> int:
         """Images per shard of a bucket: ``shard_size``, fewer where their outputs exceed the pixel budget."""

@@ -14,7 +14,7 @@ import zarr
 from softprep.errors import SoftprepError, printable
 from softprep.location import is_remote, location
 from softprep.softlabel import MIXED, PackedSoftLabel, SoftLabel, unpack
-from softprep.store.layout import FORMAT, READABLE_FORMATS, SplitSpec, StoreSpec, target_name
+from softprep.store.layout import FORMAT, NN_RULE, READABLE_FORMATS, SplitSpec, StoreSpec, target_name
 
 def shard_file(array, position: int, store_path: str | Path) -> Path:
     """The file (or object) holding bucket position ``position`` of a sharded per-image array."""
@@ -186,6 +186,12 @@ class Store:
         return int(self.attrs["format_version"])
 
     @property
+    def nn_rule(self) -> str:
+        """How the ``nn`` maps are sampled: ``"nearest-exact"`` (format 4: pixel centres, aligned with
+        the image) or ``"nearest"`` (format 3: torch ``nearest``)."""
+        return NN_RULE[self.format_version]
+
+    @property
     def recorded_digest(self) -> str | None:
         """The attribute digest recorded when the build finished (None before)."""
         return self.attrs.get("attrs_sha256")
@@ -296,8 +302,13 @@ class TargetView:
         return self.record("mass_numerator", (len(self.ids), self.store.spec.num_classes))
 
     def nn_counts(self) -> np.ndarray:
-        """``(N, C) int64`` nearest-neighbour pixels per class."""
+        """``(N, C) int64`` pixels per class of the ``nn`` maps (:attr:`Store.nn_rule`)."""
         return self.record("nn_counts", (len(self.ids), self.store.spec.num_classes))
+
+    def nn_floor_counts(self) -> np.ndarray:
+        """``(N, C) int64`` pixels per class of torch ``nearest`` maps (format 3: its ``nn`` maps)."""
+        name = "nn_floor_counts" if self.store.nn_rule != "nearest" else "nn_counts"
+        return self.record(name, (len(self.ids), self.store.spec.num_classes))
 
     def planes(self) -> np.ndarray:
         """``(N,) uint8`` soft-label slots used per image (read once: a complete store never changes them)."""
@@ -381,5 +392,12 @@ class StoredSample:
         return self.soft_label().argmax()
 
     def nn(self) -> np.ndarray:
-        """``(h, w) uint8`` nearest-neighbour train ids (255 = ignore), the usual baseline label."""
+        """``(h, w) uint8`` hard labels (255 = ignore), sampled by :attr:`Store.nn_rule`: at pixel
+        centres (``nearest-exact``, aligned with the image) in format 4."""
         return self._read("nn")
+
+    def nn_floor(self) -> np.ndarray:
+        """``(h, w) uint8`` hard labels by torch ``nearest`` (what most pipelines do; the paper's NN)."""
+        if self.view.store.nn_rule == "nearest" or not self.view.bucket(self.index).attrs.get("nn_floor", True):
+            return self._read("nn")  # format 3's nn map, or a target where both rules sample alike (1:1)
+        return self._read("nn_floor")

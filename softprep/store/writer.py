@@ -17,7 +17,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from softprep.softlabel import EMPTY, PackedSoftLabel, SoftLabel, pack, unpack
 from softprep.store.layout import (FORMAT, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN, LIST_CHUNK_SHARE, RECORD_CHUNK, ZSTD_LEVEL, BucketLayout,
-                                   SplitSpec, StoreSpec, Task)
+                                   SplitSpec, StoreSpec, Task, map_arrays)
 
 def writing():
     """Zarr settings of every store write: chunks equal to the fill value are written too (zarr skips
@@ -61,6 +61,7 @@ def _create_store(path: str | Path, spec: StoreSpec) -> None:
             _record_array(tg, "mass", (n, c), "float64")
             _record_array(tg, "mass_numerator", (n, c), "int64")
             _record_array(tg, "nn_counts", (n, c), "int64")
+            _record_array(tg, "nn_floor_counts", (n, c), "int64")
             for bucket, members in split_spec.members.items():
                 _create_bucket(tg.create_group(bucket), len(members), spec.shard_images(split, bucket),
                                spec.bucket_layout(split, bucket, target))
@@ -70,10 +71,10 @@ def _create_store(path: str | Path, spec: StoreSpec) -> None:
 
 def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
     (h, w), k = layout.shape, layout.planes
-    group.attrs["exact"] = layout.exact
+    group.attrs.update({"exact": layout.exact, "nn_floor": layout.nn_floor})
     group.create_array("image", shape=(n, h, w, 3), chunks=(1, h, w, 3), shards=(shard, h, w, 3),
                        dtype="uint8", fill_value=0, **_codecs(IMAGE_ZSTD_LEVEL))
-    for name in ("classes", "nn"):
+    for name in map_arrays(layout.nn_floor):
         group.create_array(name, shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
                            dtype="uint8", fill_value=EMPTY, **_codecs())
     chunk = min(h * w, max(LIST_CHUNK_MIN, -(-h * w // LIST_CHUNK_SHARE)))
@@ -85,11 +86,13 @@ def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
 
 @dataclass
 class TargetResult:
-    """One image at one target: ``image (h, w, 3) uint8``, its packed soft label, ``nn (h, w) uint8``."""
+    """One image at one target: ``image (h, w, 3) uint8``, its packed soft label, and its hard labels
+    ``nn (h, w) uint8`` (``nearest-exact``) and ``nn_floor (h, w) uint8`` (torch ``nearest``)."""
 
     image: np.ndarray
     soft: PackedSoftLabel
     nn: np.ndarray
+    nn_floor: np.ndarray
 
 
 @dataclass
@@ -110,10 +113,11 @@ class SampleRecords:
     mass: dict[str, np.ndarray]  # (C,) float64
     mass_numerator: dict[str, np.ndarray]  # (C,) int64, zeros when the weights are floats
     nn_counts: dict[str, np.ndarray]  # (C,) int64
+    nn_floor_counts: dict[str, np.ndarray]  # (C,) int64
 
     @classmethod
     def of(cls, index: int, result: SampleResult) -> "SampleRecords":
-        planes, mass, numerator, nn_counts = {}, {}, {}, {}
+        planes, mass, numerator, nn_counts, floor_counts = {}, {}, {}, {}, {}
         c = len(result.counts)
         for target, r in result.targets.items():
             planes[target] = r.soft.planes
@@ -121,7 +125,8 @@ class SampleRecords:
             numerator[target] = exact_mass if r.soft.exact else np.zeros(c, dtype=np.int64)
             mass[target] = exact_mass / r.soft.denominator if r.soft.exact else exact_mass
             nn_counts[target] = np.bincount(r.nn.ravel(), minlength=256)[:c].astype(np.int64)
-        return cls(index, result.counts, planes, mass, numerator, nn_counts)
+            floor_counts[target] = np.bincount(r.nn_floor.ravel(), minlength=256)[:c].astype(np.int64)
+        return cls(index, result.counts, planes, mass, numerator, nn_counts, floor_counts)
 
 
 def write_shard(path: str | Path, spec: StoreSpec, task: Task, results: list[SampleResult]) -> None:
@@ -138,16 +143,15 @@ def _write_shard(root, spec: StoreSpec, task: Task, results: list[SampleResult])
         _, h, w = bucket["classes"].shape
         packed = [_as_stored(s.soft, bucket["mixed_weights"].dtype) for s in per_image]
         image = np.zeros((len(results), h, w, 3), np.uint8)
-        classes = np.full((len(results), h, w), EMPTY, np.uint8)
-        nn = np.full((len(results), h, w), EMPTY, np.uint8)
+        maps = {name: np.full((len(results), h, w), EMPTY, np.uint8) for name in ("classes", "nn", "nn_floor")}
         for i, (s, p) in enumerate(zip(per_image, packed)):
             hh, ww = s.nn.shape
             image[i, :hh, :ww] = s.image
-            classes[i, :hh, :ww] = p.classes
-            nn[i, :hh, :ww] = s.nn
+            for name, values in (("classes", p.classes), ("nn", s.nn), ("nn_floor", s.nn_floor)):
+                maps[name][i, :hh, :ww] = values
         bucket["image"][start:stop] = image
-        bucket["classes"][start:stop] = classes
-        bucket["nn"][start:stop] = nn
+        for name in map_arrays(bucket.attrs["nn_floor"]):
+            bucket[name][start:stop] = maps[name]
         _write_lists(bucket, start, packed)
 
 
@@ -198,6 +202,7 @@ def _write_records(root, split: str, records: list[SampleRecords]) -> None:
         tg["mass"].oindex[index] = np.stack([r.mass[target] for r in records])
         tg["mass_numerator"].oindex[index] = np.stack([r.mass_numerator[target] for r in records])
         tg["nn_counts"].oindex[index] = np.stack([r.nn_counts[target] for r in records])
+        tg["nn_floor_counts"].oindex[index] = np.stack([r.nn_floor_counts[target] for r in records])
     group["done"].oindex[index] = 1
 
 
