@@ -375,8 +375,9 @@ class AuditReport:
 
 
 def _direction(dy: float, dx: float) -> str:
-    """``"labels 3.5 px up-left of the image"``, ``"labels 1.0 px up, 2.0 px right ..."``, or aligned
-    (offsets within ALIGNED_BELOW)."""
+    """``"labels sampled 3.5 px up-left of the image's pixel centres"`` (objects then appear 3.5 px
+    down-right in the labels), ``"labels sampled 1.0 px up, 2.0 px right ..."``, or aligned (offsets
+    within ALIGNED_BELOW)."""
     if math.isnan(dy) or math.isnan(dx):
         return "offset unknown"
     if abs(dy) <= ALIGNED_BELOW and abs(dx) <= ALIGNED_BELOW:
@@ -384,9 +385,9 @@ def _direction(dy: float, dx: float) -> str:
     vertical = "" if abs(dy) <= ALIGNED_BELOW else ("up" if dy < 0 else "down")
     horizontal = "" if abs(dx) <= ALIGNED_BELOW else ("left" if dx < 0 else "right")
     if vertical and horizontal and abs(abs(dy) - abs(dx)) < 0.15:
-        return f"labels {abs(dy):.1f} px {vertical}-{horizontal} of the image"
+        return f"labels sampled {abs(dy):.1f} px {vertical}-{horizontal} of the image's pixel centres"
     parts = [f"{abs(v):.1f} px {word}" for v, word in ((dy, vertical), (dx, horizontal)) if word]
-    return "labels " + ", ".join(parts) + " of the image"
+    return "labels sampled " + ", ".join(parts) + " of the image's pixel centres"
 
 
 def _verdict(row: RuleResult) -> str:
