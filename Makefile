@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_build.py --json bench-results.json
 	$(BIN)/python benchmarks/bench_datasets.py
 	$(BIN)/python benchmarks/bench_cluster.py
+	$(BIN)/python benchmarks/bench_audit.py
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache bench-results.json

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from softprep_train.experiment_finding import BEGIN, END, finding, replace_block, verdict
+from softprep_train.experiment_finding import BEGIN, END, finding, front_page, replace_block, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "experiments" / "camvid" / "report.json"
@@ -31,8 +31,8 @@ def _report(*comparisons: dict) -> dict:
 
 def test_a_gain_over_nn_that_aligned_nn_also_has_is_called_alignment():
     report = _report(_comparison("nn", "soft", 0.03, True), _comparison("nn-centred", "soft", 0.004, False))
-    assert verdict(report) == ("At 1/8 soft labels beat NN but not NN aligned at pixel centres: the gain is alignment, "
-                               "not softness.")
+    assert verdict(report) == ("At 1/8 soft labels beat NN, and are not distinguishable from NN aligned at pixel centres: "
+                               "the gain is alignment, not softness.")
 
 
 def test_a_gain_over_both_hard_arms_is_reported_as_such():
@@ -43,18 +43,35 @@ def test_a_gain_over_both_hard_arms_is_reported_as_such():
 
 
 def test_no_detectable_difference_says_the_paper_is_not_reproduced():
-    report = _report(_comparison("nn", "soft", 0.012, False), _comparison("nn-centred", "soft", -0.001, False))
+    report = _report(_comparison("nn", "soft", 0.008, False), _comparison("nn-centred", "soft", -0.001, False))
     assert verdict(report) == ("At 1/8 soft labels are not distinguishable from NN, nor from NN aligned at pixel centres: "
                                "the paper's 10-30 mIoU gains (its Tables I and III) are not reproduced here.")
     text = finding(report, "camvid/report.md")
-    assert "soft - NN = +1.20 mIoU (95% CI [+0.20, +2.20]; two-level bootstrap [+0.70, +1.70]; 5 paired seeds)" in text
+    assert "soft - NN = +0.80 mIoU (95% CI [-0.20, +1.80]; two-level bootstrap [+0.30, +1.30]; 5 paired seeds)" in text
     assert "Compute: 123 CPU-minutes in 15 runs (x86_64, 2 CPU cores, no GPU used)." in text
     assert "none is real (smallest adjusted p 0.5)" in text and text.count("Report: [camvid/report.md]") == 1
 
 
 def test_a_real_loss_is_reported_as_worse():
     report = _report(_comparison("nn", "soft", -0.02, True), _comparison("nn-centred", "soft", -0.04, True))
-    assert verdict(report).startswith("At 1/8 soft labels are worse than NN and NN aligned at pixel centres")
+    assert verdict(report).startswith("At 1/8 soft labels are worse than both NN and NN aligned at pixel centres")
+
+
+def test_an_interval_that_excludes_zero_is_never_called_no_difference():
+    """Issue 26.4: a gain whose 95% CI excludes 0 but which Holm's correction does not call real is said
+    to hold only before the correction, with its interval and adjusted p, in the verdict and the front page."""
+    report = _report(_comparison("nn", "soft", 0.03, False), _comparison("nn-centred", "soft", -0.004, False),
+                     _comparison("nn", "nn-centred", 0.032, True))
+    assert verdict(report).startswith("At 1/8 soft labels beat NN only before correction (+3.00 mIoU, 95% CI [+2.00, "
+                                      "+4.00] excludes 0; Holm-adjusted p 0.500), and are not distinguishable from NN "
+                                      "aligned at pixel centres: the gain is alignment, not softness")
+    page = front_page({"val": report, "test": report}, {"val": "v.md", "test": "t.md"})
+    assert ("- Soft labels beat torch `nearest` labels only before correction. Area soft labels against torch `nearest` "
+            "hard labels, what most pipelines use: val +3.00 mIoU (95% CI [+2.00, +4.00]; Holm-adjusted p 0.500: the CI "
+            "excludes 0, but not after the correction); test +3.00") in page
+    assert "- **Align your hard labels**. Hard labels sampled at pixel centres" in page
+    assert "- **Soft labels add nothing measurable beyond aligned hard labels**. " in page
+    assert "Reports: [val](v.md), [test](t.md)." in page
 
 
 def test_replace_block_keeps_the_rest_and_refuses_a_file_without_markers():
@@ -81,5 +98,5 @@ def test_scales_with_the_same_outcome_share_one_clause():
     report["settings"]["arms"] = {"0.125": ["nn", "nn-centred", "soft"], "0.25": ["nn", "nn-centred", "soft"],
                                   "0.5": ["nn", "nn-centred", "soft"]}
     assert verdict(report) == ("At 1/8 and 1/2 soft labels are not distinguishable from NN, nor from NN aligned at pixel "
-                               "centres; at 1/4 soft labels beat NN but not NN aligned at pixel centres: the gain is "
-                               "alignment, not softness.")
+                               "centres; at 1/4 soft labels beat NN, and are not distinguishable from NN aligned at pixel "
+                               "centres: the gain is alignment, not softness.")
