@@ -1,11 +1,13 @@
 """The experiment's finding in plain words, derived from ``report.json`` alone.
 
-The README headline, ``docs/experiments/camvid.md``'s status and the report's own "Finding"
-section are all this text, so their figures equal the report's to the digit::
+``docs/experiments/camvid.md``'s status and the report's own "Finding" section are :func:`finding`;
+the README's headline is :func:`front_page`, from the reports of every evaluation split (val, then
+test); their figures equal the reports' to the digit::
 
     python -m softprep_train.experiment_finding docs/experiments/camvid/report.json \\
-        --block README.md docs/experiments/camvid/report.md \\
-        --block docs/experiments/camvid.md report.md
+        --block docs/experiments/camvid.md camvid/report.md \\
+        --front README.md docs/experiments/camvid/report.md \\
+        --also test docs/experiments/camvid-test/report.json docs/experiments/camvid-test/report.md
 
 replaces the text between ``<!-- finding:begin -->`` and ``<!-- finding:end -->`` in each file,
 with the report linked relative to that file.
@@ -231,15 +233,27 @@ def replace_block(text: str, block: str, path: str = "file") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", type=Path, help="the experiment's report.json")
+    parser.add_argument("report", type=Path, help="the experiment's report.json (its evaluation split leads the front page)")
     parser.add_argument("--block", nargs=2, action="append", default=[], metavar=("FILE", "LINK"),
                         help="a markdown file with a finding block, and the report's link from that file")
+    parser.add_argument("--front", nargs=2, metavar=("FILE", "LINK"),
+                        help="a file whose finding block gets the plain-words front page, and the report's link from it")
+    parser.add_argument("--also", nargs=3, action="append", default=[], metavar=("SPLIT", "REPORT", "LINK"),
+                        help="with --front: another evaluation split's report of the same protocol (e.g. test)")
     args = parser.parse_args(argv)
     report = json.loads(args.report.read_text())
     for path, link in args.block:
         file = Path(path)
         file.write_text(replace_block(file.read_text(), finding(report, link), path))
         print(f"{path}: finding updated")
+    if args.front:
+        path, link = args.front
+        reports = {report["settings"]["eval_split"]: report}
+        links = {report["settings"]["eval_split"]: link}
+        for split, other, other_link in args.also:
+            reports[split], links[split] = json.loads(Path(other).read_text()), other_link
+        Path(path).write_text(replace_block(Path(path).read_text(), front_page(reports, links), path))
+        print(f"{path}: front page updated")
 
 
 if __name__ == "__main__":

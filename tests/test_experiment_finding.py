@@ -13,6 +13,7 @@ from softprep_train.experiment_finding import BEGIN, END, finding, front_page, r
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "experiments" / "camvid" / "report.json"
+TEST_REPORT = ROOT / "docs" / "experiments" / "camvid-test" / "report.json"
 
 
 def _comparison(a: str, b: str, mean: float, real: bool, scale: str = "1/8") -> dict:
@@ -81,14 +82,20 @@ def test_replace_block_keeps_the_rest_and_refuses_a_file_without_markers():
         replace_block("no markers", "new", "README.md")
 
 
-@pytest.mark.parametrize("doc, link", [("README.md", "docs/experiments/camvid/report.md"),
-                                       ("docs/experiments/camvid.md", "camvid/report.md")])
-def test_the_published_finding_is_the_committed_reports(doc, link):
-    """README's headline and camvid.md's status are regenerated from report.json, not typed."""
+def _block(doc: str) -> str:
+    return re.search(re.escape(BEGIN) + r"\n(.*)\n" + re.escape(END), (ROOT / doc).read_text(), re.S).group(1)
+
+
+def test_the_published_finding_is_the_committed_reports():
+    """camvid.md's status is the val report's finding; the README's front page is generated from the
+    val report and, once it is committed, the test split's report of the same protocol: not typed."""
     report = json.loads(REPORT.read_text())
-    block = re.search(re.escape(BEGIN) + r"\n(.*)\n" + re.escape(END), (ROOT / doc).read_text(), re.S).group(1)
-    assert block == finding(report, link)
-    assert (ROOT / link if doc == "README.md" else ROOT / "docs" / "experiments" / link).is_file()
+    assert _block("docs/experiments/camvid.md") == finding(report, "camvid/report.md")
+    reports, links = {"val": report}, {"val": "docs/experiments/camvid/report.md"}
+    if TEST_REPORT.is_file():
+        reports["test"], links["test"] = json.loads(TEST_REPORT.read_text()), "docs/experiments/camvid-test/report.md"
+    assert _block("README.md") == front_page(reports, links)
+    assert all((ROOT / link).is_file() for link in links.values())
 
 
 def test_scales_with_the_same_outcome_share_one_clause():
