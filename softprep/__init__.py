@@ -4,7 +4,7 @@ Pipeline: ``datasets`` (pairs, ids -> train ids) -> ``kernels`` (1-D weights) ->
 (pixels) -> ``softlabel`` (sparse value) -> ``store`` (Zarr) -> reports.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from softprep.errors import SoftprepError  # noqa: E402
 from softprep.store import open_store  # noqa: E402
