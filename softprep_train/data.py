@@ -338,6 +338,8 @@ class TrainSampler(Sampler):
                  rank: int = 0, world_size: int = 1, epochs: int | None = None):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.start_batch, self.rank, self.world_size, self.epochs = start_batch, rank, world_size, epochs
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained) of a resumed run
+        self._skipped = 0  # batches of the current epoch a resumed run already trained on
 
     def batches_per_epoch(self) -> int:
         per_rank = math.ceil(len(self.dataset) / self.world_size)
@@ -359,13 +361,22 @@ class TrainSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Yield exactly epoch ``epoch`` (0-based) from now on: what epoch-based trainers (Lightning)
-        call before each epoch; the same ``(index, seed)`` pairs as the iteration-based loop."""
-        self.start_batch, self.epochs = epoch * self.batches_per_epoch(), epoch + 1
+        call before each epoch; the same ``(index, seed)`` pairs as the iteration-based loop. An epoch
+        resumed part-way (:meth:`resume`) starts at its next batch."""
+        self._skipped = self._resume[1] if self._resume and self._resume[0] == epoch else 0
+        self.start_batch, self.epochs = epoch * self.batches_per_epoch() + self._skipped, epoch + 1
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Continue epoch ``epoch`` after its first ``batches`` batches (a checkpoint taken mid-epoch)."""
+        self._resume = (epoch, batches)
+        self.set_epoch(epoch)
 
     def __len__(self) -> int:
+        """Samples of the epochs to come, counting a resumed epoch whole: a trainer that resumes
+        mid-epoch counts the batches it already trained on itself."""
         if self.epochs is None:  # endless; DataLoader only needs this for len(loader)
             return 2**62
-        return max(0, self.epochs * self.batches_per_epoch() - self.start_batch) * self.batch_size
+        return max(0, self.epochs * self.batches_per_epoch() - self.start_batch + self._skipped) * self.batch_size
 
 
 def _mix(*values: int) -> int:

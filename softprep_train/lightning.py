@@ -63,6 +63,7 @@ class SoftLabelDataModule(pl.LightningDataModule):
         sizes = opened.samples(train_split, scale).sizes
         self.crop = tuple(crop) if crop else tuple(int(v) for v in sizes.min(axis=0))
         self._mode = "worker"
+        self._resume: tuple[int, int] | None = None  # (epoch, batches trained) of a checkpoint resumed from
 
     def setup(self, stage: str | None = None) -> None:
         on_gpu = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
@@ -74,8 +75,25 @@ class SoftLabelDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = TrainSampler(self.train_set, self.batch_size, self.seed, epochs=1)  # Lightning sets the epoch
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
-                          collate_fn=collate, persistent_workers=self.workers > 0)
+        if self._resume is not None:
+            sampler.resume(*self._resume)
+        return ResumableLoader(self, self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers,
+                               collate_fn=collate, persistent_workers=self.workers > 0)
+
+    def state_dict(self) -> dict:
+        """The data's place in training, saved in every checkpoint: the epoch and how many of its
+        batches were trained on (from the trainer: Lightning fetches one batch ahead)."""
+        if self.trainer is None:
+            return {}
+        return {"epoch": self.trainer.current_epoch,
+                "batches": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume there: the next training loader continues that epoch at its next batch. (Lightning
+        restores a data module before it builds the loaders; its own loader-state restore can come
+        after the loader was built, when ``configure_optimizers`` asks for the stepping batches.)"""
+        if state:
+            self._resume = (int(state["epoch"]), int(state["batches"]))
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
@@ -84,6 +102,25 @@ class SoftLabelDataModule(pl.LightningDataModule):
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         return to_device(batch, device, self.num_classes)
+
+
+class ResumableLoader(DataLoader):
+    """The training loader in Lightning's resumable-dataloader protocol (``state_dict`` and
+    ``load_state_dict``, the data module's place in training): a run resumed mid-epoch continues
+    that epoch at the next batch, the one an uninterrupted run would have seen (its augmentation
+    too: each sample's is a function of seed, epoch and position), and Lightning does not warn
+    that the loader cannot resume."""
+
+    def __init__(self, data: "SoftLabelDataModule", *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._data = data
+
+    def state_dict(self) -> dict:
+        return self._data.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.sampler.resume(int(state["epoch"]), int(state["batches"]))
 
 
 class SoftLabelModule(pl.LightningModule):

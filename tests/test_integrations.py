@@ -61,6 +61,54 @@ def test_lightning_fast_dev_run_a_falling_loss_and_a_resumed_checkpoint(store, t
     assert resumed.global_step == 44  # continued from step 40, not from 0
 
 
+class _Batches:
+    """A Lightning callback hashing every training batch (colour, soft and hard labels)."""
+
+    def __new__(cls):
+        import hashlib
+
+        import lightning.pytorch as pl
+
+        class Collect(pl.Callback):
+            def __init__(self):
+                self.hashes = []
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                digest = hashlib.sha256()
+                for key in ("image", "soft", "nn"):
+                    digest.update(batch[key].cpu().numpy().tobytes())
+                self.hashes.append(digest.hexdigest())
+
+        return Collect()
+
+
+def test_a_lightning_run_resumed_mid_epoch_sees_the_uninterrupted_runs_batches(store, tmp_path):
+    """Issue 27.2: interrupted after 2 of an epoch's 3 batches and resumed from that checkpoint
+    (`ckpt_path=`), the run trains on exactly the batches, augmentation included, that an
+    uninterrupted run trains on from its third step: compared by hash, not by global_step."""
+    pl = pytest.importorskip("lightning.pytorch", reason="needs the lightning extra")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from softprep_train.lightning import SoftLabelDataModule, SoftLabelModule
+
+    def trainer(root, *callbacks, **limits):
+        return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=root,
+                          num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks), **limits)
+
+    data = lambda: SoftLabelDataModule(store, scale=0.5, batch_size=2, workers=0, seed=1)  # 3 batches an epoch
+    whole = _Batches()
+    trainer(tmp_path / "whole", whole, max_epochs=3).fit(SoftLabelModule("unet_small", 19), data())
+    assert len(whole.hashes) == 9 and len(set(whole.hashes)) == 9
+
+    first = _Batches()
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trainer(tmp_path / "cut", first, saver, max_steps=2).fit(SoftLabelModule("unet_small", 19), data())
+    rest = _Batches()
+    trainer(tmp_path / "cut", rest, max_epochs=3).fit(SoftLabelModule("unet_small", 19), data(),
+                                                      ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")
+    assert first.hashes + rest.hashes == whole.hashes
+
+
 def test_export_to_parquet_round_trips_through_hugging_face_datasets(store, tmp_path):
     """`softprep export STORE --to parquet OUT`, then datasets.load_dataset("parquet", ...): every
     image, soft label and NN map equal to the store's; the card carries the exact priors."""
