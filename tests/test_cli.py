@@ -55,7 +55,8 @@ def assert_first_shards_intact(out: Path, root: Path):
     for i, sample in enumerate(dataset.samples("train")[:4]):
         _, label = dataset.read_pair(sample)
         np.testing.assert_array_equal(store.counts("train")[i], np.bincount(label[label != 255], minlength=19))
-        np.testing.assert_array_equal(store.samples("train", 0.5)[i].nn(), label[::2, ::2])
+        np.testing.assert_array_equal(store.samples("train", 0.5)[i].nn(), label[1::2, 1::2])  # footprint centres
+        np.testing.assert_array_equal(store.samples("train", 0.5)[i].nn_floor(), label[::2, ::2])  # torch nearest
 
 
 def test_truncated_png(data, tmp_path):

@@ -86,13 +86,15 @@ def test_colour_matches_torch(kernel, antialias):
         assert np.abs(ours - ref).max() <= 1, f"{shape} at {scale}"
 
 
-def test_nearest_labels_equal_torch_nearest():
+@pytest.mark.parametrize("kernel", ["nearest", "nearest-exact"])
+def test_nearest_labels_equal_torch(kernel):
+    """torch's nearest (top-left of the footprint) and nearest-exact (its centre), bit for bit."""
     rng = np.random.default_rng(3)
     for shape, scale in itertools.product(SIZES + ((1024, 2048),), SCALES):
         label = rng.integers(0, 19, shape, dtype=np.uint8)
         size = parse_target(scale).output_size(*shape)
-        ours = nearest_labels(label, axis_weights("nearest", shape[0], size[0]), axis_weights("nearest", shape[1], size[1]))
-        ref = F.interpolate(torch.from_numpy(label)[None, None].float(), size=size, mode="nearest")[0, 0].numpy()
+        ours = nearest_labels(label, axis_weights(kernel, shape[0], size[0]), axis_weights(kernel, shape[1], size[1]))
+        ref = F.interpolate(torch.from_numpy(label)[None, None].float(), size=size, mode=kernel)[0, 0].numpy()
         np.testing.assert_array_equal(ours, ref.astype(np.uint8))
 
 

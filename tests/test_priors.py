@@ -79,7 +79,8 @@ def test_bilinear_quarter_equals_torch_one_hot_reference(tmp_path):
 
 def test_store_rows_equal_dataset_rows(demo_root, demo_prior_store):
     from_store = store_priors(open_store(demo_prior_store))
-    from_root = compare_kernels(get_dataset("cityscapes", demo_root), ["nearest", "bilinear"], [0.125, 0.25, 0.5], jobs=2)
+    from_root = compare_kernels(get_dataset("cityscapes", demo_root), ["nearest", "nearest-exact", "bilinear"],
+                                [0.125, 0.25, 0.5], jobs=2)
     assert from_store.counts == from_root.counts
     for a in from_store.rows:
         b = row(from_root, a.strategy, a.target)
@@ -89,7 +90,7 @@ def test_store_rows_equal_dataset_rows(demo_root, demo_prior_store):
 def test_demo_store_half_is_exact_zero_and_eighth_is_not(demo_prior_store):
     table = store_priors(open_store(demo_prior_store))
     assert [(r.strategy, r.target) for r in table.rows] == [
-        ("nearest", "0.125"), ("bilinear", "0.125"), ("nearest", "0.25"), ("bilinear", "0.25"), ("nearest", "0.5"), ("bilinear", "0.5")]
+        (rule, target) for target in ("0.125", "0.25", "0.5") for rule in ("nearest", "nearest-exact", "bilinear")]
     assert all(d == 0 for d in row(table, "bilinear", 0.5).discrepancy)
     assert row(table, "nearest", 0.125).max_abs > 0
     text = render(table, "text").splitlines()
@@ -134,7 +135,7 @@ def test_cli_priors_plot_and_compare(demo_root, demo_prior_store, tmp_path):
     plot = tmp_path / "priors.png"
     result = _cli("priors", demo_prior_store, "--plot", plot)
     assert result.returncode == 0, result.stderr
-    assert "bilinear  1/2" in result.stdout
+    assert "bilinear       1/2" in result.stdout
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.size[0] > 500
     result = _cli("priors", "--compare-kernels", "nearest", "area", "--root", demo_root, "--scales", "0.25",

@@ -56,6 +56,6 @@ def test_thin_classes_keep_their_prior_under_area_but_not_under_nn(real_store):
     pole = 5
     full = Fraction(int(counts[:, pole].sum()), int(counts.sum()))
     soft = Fraction(int(view.mass_numerator()[:, pole].sum()), int(view.mass_numerator().sum()))
-    nn = Fraction(int(view.nn_counts()[:, pole].sum()), int(view.nn_counts().sum()))
+    nn = Fraction(int(view.nn_floor_counts()[:, pole].sum()), int(view.nn_floor_counts().sum()))
     assert soft == full  # D = 0 exactly
     assert abs(float(nn - full)) > 1e-5  # NN moves the pole prior

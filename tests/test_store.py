@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import psutil
 import pytest
 import zarr
@@ -49,6 +50,11 @@ def test_store_reads_back_bit_exact(demo_root, demo_store):
                 expected = process_sample(dataset, image, label, plans).targets[view.target]
                 np.testing.assert_array_equal(stored.image, expected.image)
                 np.testing.assert_array_equal(stored.nn(), expected.nn)
+                np.testing.assert_array_equal(stored.nn_floor(), expected.nn_floor)
+                for hard, mode in ((stored.nn(), "nearest-exact"), (stored.nn_floor(), "nearest")):  # torch, bit for bit
+                    reference = torch.nn.functional.interpolate(torch.from_numpy(label)[None, None].float(),
+                                                                size=hard.shape, mode=mode)[0, 0].numpy()
+                    np.testing.assert_array_equal(hard, reference.astype(np.uint8))
                 soft = stored.soft(dense=False)
                 computed = soft_label(label, store.spec.plan(split, stored.index, view.target).rows,
                                       store.spec.plan(split, stored.index, view.target).cols, 19)
@@ -82,6 +88,8 @@ def test_recorded_statistics_match_pixels(demo_root, demo_store):
             np.testing.assert_allclose(view.mass()[i], view.mass_numerator()[i] / view.denominators[i], rtol=1e-15)
             nn = view[i].nn()
             np.testing.assert_array_equal(view.nn_counts()[i], np.bincount(nn[nn != 255], minlength=19))
+            floor = view[i].nn_floor()
+            np.testing.assert_array_equal(view.nn_floor_counts()[i], np.bincount(floor[floor != 255], minlength=19))
     # area conserves priors exactly: mass / D == counts * area ratio
     for scale in SCALES:
         view = store.samples("train", scale)
