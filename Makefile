@@ -25,11 +25,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install demo
 	$(BIN)/python benchmarks/bench_build.py --json bench-results.json
 	$(BIN)/python benchmarks/bench_datasets.py
 	$(BIN)/python benchmarks/bench_cluster.py
-	$(BIN)/python benchmarks/bench_audit.py
+	$(BIN)/python benchmarks/bench_loader.py $(DEMO_STORE)
+	$(BIN)/python benchmarks/bench_fit.py --json bench-fit.json
+	$(BIN)/python benchmarks/bench_audit.py --json bench-audit.json
 
 clean:
-	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache bench-results.json
+	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache bench-results.json bench-fit.json bench-audit.json

@@ -40,7 +40,7 @@ from softprep.info import disk_bytes  # noqa: E402
 from softprep.plan import resampling_plan  # noqa: E402
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label  # noqa: E402
 from softprep.softlabel import pack  # noqa: E402
-from softprep.store import SOFT_LABEL_ARRAYS, _codecs, create_store, open_store, write_shard  # noqa: E402
+from softprep.store import SOFT_LABEL_ARRAYS, chunk_codecs, create_store, open_store, write_shard  # noqa: E402
 
 SCALES = (0.125, 0.25, 0.5)
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cityscapes-real"
@@ -50,9 +50,13 @@ TARGETS = {"compute_speedup": 20.0, "build_vs_decode": 0.7, "jobs2_speedup": 1.8
 TORCH_MODE = {"area": "area", "bilinear": "bilinear"}
 
 
-def best_of(fn, repeat: int = 3) -> float:
+#: Repeats of each timing (1 with --smoke).
+REPEAT = 3
+
+
+def best_of(fn, repeat: int | None = None) -> float:
     times = []
-    for _ in range(repeat):
+    for _ in range(repeat or REPEAT):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -94,7 +98,11 @@ def mosaic_frames(source: Path, out: Path, count: int, tiles: tuple[int, int] = 
     return out
 
 
-def source_frames(tmp: Path) -> tuple[Path, str]:
+def source_frames(tmp: Path, smoke: bool = False) -> tuple[Path, str]:
+    if smoke:
+        from softprep.demo import make_demo
+
+        return make_demo(tmp / "demo", train=2, val=1, size=(128, 256)), "3 demo scenes of 256x128 (--smoke)"
     if REAL.is_dir():
         return REAL, "the 8 real Cityscapes frames (2048x1024)"
     from softprep.demo import make_demo
@@ -208,7 +216,7 @@ def bench_size(store_path: Path, tmp: Path) -> list[dict]:
             h, w = (int(v) for v in view.sizes[0])
             dense_path = tmp / f"dense-{scale}-{split}.zarr"
             dense = zarr.create_array(str(dense_path), shape=(len(view), c, h, w), chunks=(1, c, h, w),
-                                      dtype="float16", fill_value=0, overwrite=True, **_codecs())
+                                      dtype="float16", fill_value=0, overwrite=True, **chunk_codecs())
             for i, sample in enumerate(view):
                 dense[i] = sample.soft().astype(np.float16)
             f16 += data_bytes(dense_path)
@@ -341,17 +349,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--readme", type=Path, help="regenerate the performance table in this README")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and no 24 MP frames")
+    parser.add_argument("--smoke", action="store_true", help="tiny demo frames, one repeat: proves the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        global REPEAT
+        REPEAT, args.quick = 1, True
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        source, what = source_frames(tmp)
+        source, what = source_frames(tmp, args.smoke)
         dataset = get_dataset("cityscapes", source)
         result = {"data": what, "kernel": args.kernel, "targets": TARGETS,
                   "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
         kernels = [args.kernel] + [k for k in TORCH_MODE if k != args.kernel]
         result["compute"] = bench_compute(dataset, kernels)
         once, twice = cityscapes_copies(source, tmp / "x1", 1), cityscapes_copies(source, tmp / "x2", 2)
-        throughput = {"2048x1024": build_throughput(once, twice, tmp, args.kernel)}
+        frames = "256x128 (smoke)" if args.smoke else "2048x1024"
+        throughput = {frames: build_throughput(once, twice, tmp, args.kernel)}
         if not args.quick:
             two_large = mosaic_frames(source, tmp / "mp2", 2)
             one_large = tmp / "mp1"
@@ -362,7 +375,7 @@ def main() -> None:
         four = cityscapes_copies(source, tmp / "x4", 4)
         one = build_throughput(twice, four, tmp, args.kernel, jobs=1, read_ahead=False)
         two = build_throughput(twice, four, tmp, args.kernel, jobs=2)
-        throughput["2048x1024, no read-ahead thread"] = one
+        throughput[f"{frames}, no read-ahead thread"] = one
         result["build"] = {"throughput": throughput, "profile_ms": split_profile(get_dataset("cityscapes", once), args.kernel),
                            "jobs": {"images": one["images"], "one_ms": one["build_ms"], "two_ms": two["build_ms"],
                                     "speedup": one["build_ms"] / two["build_ms"]}}
@@ -372,7 +385,7 @@ def main() -> None:
             build(dataset, store, SCALES, kernel=kernel, jobs=1)
             result["size"] += [{"kernel": kernel, **row} for row in bench_size(store, tmp)]
         store = tmp / f"sizes-{args.kernel}.zarr"
-        result["read"] = bench_read(store, dataset, args.kernel, 0.25, 8 if args.quick else 24)
+        result["read"] = bench_read(store, dataset, args.kernel, 0.25, 2 if args.smoke else 8 if args.quick else 24)
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,7 +2,7 @@
 worker count, same data), and the bytes a build moves to and from object storage (moto's S3
 server on loopback). Needs the ``cloud`` and ``dask`` extras and ``moto[server]``.
 
-    python benchmarks/bench_cluster.py [--images 32] [--size 512x1024] [--jobs 2]
+    python benchmarks/bench_cluster.py [--images 32] [--size 512x1024] [--jobs 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def main() -> None:
     parser.add_argument("--size", default="512x1024")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=4)
+    parser.add_argument("--smoke", action="store_true", help="4 images of 64x128: proves the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.size, args.shard_size = 4, "64x128", 2
     size = tuple(int(v) for v in args.size.split("x"))
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp_name:

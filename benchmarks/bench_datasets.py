@@ -7,11 +7,12 @@
    (6000x4000, Mapillary's largest) at 0.125 0.25 0.5; and 24 images of 2048x1024 at scale 1.0
    with ``--shard-size 24`` (1.1 GiB in softprep 0.1, growing with the shard size). Goal: <= 1 GiB.
 
-    python benchmarks/bench_datasets.py [--json OUT.json]
+    python benchmarks/bench_datasets.py [--json OUT.json] [--smoke]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -64,11 +65,11 @@ def _read_cost(store_path: Path, image_id: str) -> tuple[float, int]:
     return best, nbytes
 
 
-def bench_read(tmp: Path) -> dict:
+def bench_read(tmp: Path, scale: int = 1) -> dict:
     from softprep.build import build
     from softprep.datasets import get_dataset
 
-    mixed = _write_pairs(tmp / "mixed", [(2100, 2100), (256, 256), (1500, 900)])
+    mixed = _write_pairs(tmp / "mixed", [(2100 // scale, 2100 // scale), (256, 256), (1500 // scale, 900 // scale)])
     alone = _write_pairs(tmp / "alone", [(256, 256)], seed=0)
     # the same 256x256 pixels in both stores
     for name in ("leftImg8bit/train/x/x_000000_000019_leftImg8bit.png", "gtFine/train/x/x_000000_000019_gtFine_labelTrainIds.png"):
@@ -104,9 +105,9 @@ def _peak_rss_mib(root: Path, scales: str, shard_size: int) -> float:
     return int(result.stdout.split()[-1]) / 1024
 
 
-def bench_memory(tmp: Path) -> dict:
-    big = _write_pairs(tmp / "big", [(4000, 6000)])
-    many = _write_pairs(tmp / "many", [(1024, 2048)] * 24)
+def bench_memory(tmp: Path, scale: int = 1) -> dict:
+    big = _write_pairs(tmp / "big", [(4000 // scale, 6000 // scale)])
+    many = _write_pairs(tmp / "many", [(1024 // scale, 2048 // scale)] * (24 // scale))
     result = {"rss_24mp_mib": _peak_rss_mib(big, "0.125,0.25,0.5", 8),
               "rss_24x2mp_scale1_shard24_mib": _peak_rss_mib(many, "1.0", 24)}
     print("2. peak RSS of one build process (goal <= 1024 MiB)")
@@ -116,11 +117,19 @@ def bench_memory(tmp: Path) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    parser.add_argument("--smoke", action="store_true", help="images 8x smaller, fewer reads: proves the script runs")
+    args = parser.parse_args()
+    global READ_REPEATS
+    scale = 8 if args.smoke else 1
+    if args.smoke:
+        READ_REPEATS = 2
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        result = {"read": bench_read(tmp), "memory": bench_memory(tmp)}
-    if "--json" in sys.argv:
-        Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(result, indent=2))
+        result = {"read": bench_read(tmp, scale), "memory": bench_memory(tmp, scale)}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

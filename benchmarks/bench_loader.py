@@ -9,13 +9,14 @@ augmentation, times a batch of samples both ways on this machine:
 Reported per image: read (zarr decode), finish (densify + geometry), and bytes a batch moves
 from worker to trainer. On a GPU machine the "device" finish runs on the GPU (pass --device cuda).
 
-    python benchmarks/bench_loader.py [STORE] [--scale 0.5] [--crop 256x512] [--device cpu]
+    python benchmarks/bench_loader.py [STORE] [--scale 0.5] [--crop 256x512] [--device cpu] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,19 @@ def main() -> None:
     parser.add_argument("--crop", default="256x512")
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="a tiny store of its own, 2 samples: proves the script runs")
     args = parser.parse_args()
+    if args.smoke:
+        import tempfile
+
+        from softprep.build import build
+        from softprep.datasets import get_dataset
+        from softprep.demo import make_demo
+
+        tmp = Path(tempfile.mkdtemp())
+        args.store, args.crop, args.images = str(tmp / "s.zarr"), "32x64", 2
+        build(get_dataset("cityscapes", make_demo(tmp / "d", train=2, val=1, size=(128, 256))), args.store, [args.scale],
+              jobs=1)
     crop = tuple(int(v) for v in args.crop.split("x"))
     device = torch.device(args.device)
     dataset = StoreDataset(args.store, "train", args.scale, Augment(crop), densify="device")

@@ -46,6 +46,6 @@ from softprep.store.reader import (  # noqa: F401
     check_store_files, open_store, shard_file, softprep_marker,
 )
 from softprep.store.writer import (  # noqa: F401
-    SampleRecords, SampleResult, TargetResult, attrs_digest, create_store, mark_complete, write_records, write_shard, write_split_attrs,
+    SampleRecords, SampleResult, TargetResult, attrs_digest, chunk_codecs, create_store, mark_complete, write_records, write_shard, write_split_attrs,
     writing,
 )

@@ -26,13 +26,14 @@ def writing():
     return zarr.config.set({"array.write_empty_chunks": True})
 
 
-def _codecs(level: int = ZSTD_LEVEL) -> dict:
+def chunk_codecs(level: int = ZSTD_LEVEL) -> dict:
+    """The codecs of every store chunk: zstd at ``level``, then a crc32c checksum."""
     return {"compressors": [ZstdCodec(level=level), Crc32cCodec()]}
 
 
 def _record_array(group, name: str, shape: tuple, dtype: str, fill=0):
     return group.create_array(name, shape=shape, chunks=(min(shape[0], RECORD_CHUNK), *shape[1:]) if shape[0] else shape,
-                              dtype=dtype, fill_value=fill, **_codecs())
+                              dtype=dtype, fill_value=fill, **chunk_codecs())
 
 
 def create_store(path: str | Path, spec: StoreSpec) -> None:
@@ -73,15 +74,15 @@ def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
     (h, w), k = layout.shape, layout.planes
     group.attrs.update({"exact": layout.exact, "nn_floor": layout.nn_floor})
     group.create_array("image", shape=(n, h, w, 3), chunks=(1, h, w, 3), shards=(shard, h, w, 3),
-                       dtype="uint8", fill_value=0, **_codecs(IMAGE_ZSTD_LEVEL))
+                       dtype="uint8", fill_value=0, **chunk_codecs(IMAGE_ZSTD_LEVEL))
     for name in map_arrays(layout.nn_floor):
         group.create_array(name, shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
-                           dtype="uint8", fill_value=EMPTY, **_codecs())
+                           dtype="uint8", fill_value=EMPTY, **chunk_codecs())
     chunk = min(h * w, max(LIST_CHUNK_MIN, -(-h * w // LIST_CHUNK_SHARE)))
     length = -(-h * w // chunk) * chunk  # whole chunks: a shard is a whole number of chunks
     for name, dtype, fill in (("mixed_classes", "uint8", EMPTY), ("mixed_weights", layout.weights_dtype, 0)):
         group.create_array(name, shape=(n, k, length), chunks=(1, k, chunk), shards=(shard, k, length),
-                           dtype=dtype, fill_value=fill, **_codecs())
+                           dtype=dtype, fill_value=fill, **chunk_codecs())
 
 
 @dataclass
