@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from softprep.errors import SoftprepError, printable
+from softprep.errors import SoftprepError, install_hint, printable
 from softprep.priors import render, store_priors
 from softprep.softlabel import MIXED
 from softprep.location import is_remote
@@ -40,7 +40,7 @@ def _datasets():
     try:
         import datasets
     except ImportError:
-        raise SoftprepError("export --to parquet needs the hf extra: pip install 'softprep[hf]'") from None
+        raise SoftprepError(f"export --to parquet needs the hf extra: {install_hint('hf')}") from None
     return datasets
 
 

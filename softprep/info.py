@@ -42,6 +42,7 @@ def describe(path: str | Path) -> dict:
             denominators = np.unique(view.denominators).tolist()
             entry["targets"][target] = {
                 "smallest": view.sizes[int(np.argmin(pixels))].tolist(), "largest": view.sizes[int(np.argmax(pixels))].tolist(),
+                "bucket_folders": [f"{split}/{target}/{b}" for b in members],
                 "exact_images": int((view.denominators > 0).sum()),
                 "denominator": denominators[0] if len(denominators) == 1 and denominators[0] > 0 else None,
                 "soft_label_bytes": soft, "soft_label_bytes_per_pixel": soft / max(int(pixels.sum()), 1),
@@ -63,23 +64,34 @@ def summary(path: str | Path) -> str:
         f"nn maps    {NN_RULE_TEXT[d['nn_rule']]}",
         f"targets    {', '.join(d['targets'])}",
     ]
+    sizes = {(split, target): _size_text(t) for split, s in d["splits"].items() for target, t in s["targets"].items()}
+    width = max(map(len, sizes.values()), default=0)
     for split, s in d["splits"].items():
-        lines.append(f"split      {split}: {s['done']}/{s['images']} images done, {s['buckets']} size bucket(s)")
+        first = next(iter(s["targets"].values()), {"bucket_folders": []})
+        folders = sorted({f.split("/")[-1] for f in first["bucket_folders"]})
+        lines.append(f"split      {split}: {s['done']}/{s['images']} images done, {s['buckets']} size bucket(s): folder(s) "
+                     f"{', '.join(folders[:4])}{' ...' if len(folders) > 4 else ''} (named by full-resolution size, "
+                     f"e.g. {first['bucket_folders'][0] if first['bucket_folders'] else '-'}/image)")
         for target, t in s["targets"].items():
-            size = "x".join(map(str, t["smallest"]))
-            if t["smallest"] != t["largest"]:
-                size += " .. " + "x".join(map(str, t["largest"]))
             exact = t["exact_images"]
             weights = "exact" if exact == s["images"] else ("float32" if exact == 0 else f"exact for {exact}/{s['images']}")
             if t["denominator"]:
                 weights += f" /{t['denominator']}"
             lines.append(
-                f"  {target:<10} {size}  soft label {t['soft_label_bytes'] / 2**20:7.2f} MiB "
+                f"  {target:<10} {sizes[split, target]:<{width}}  soft label {t['soft_label_bytes'] / 2**20:7.2f} MiB "
                 f"({t['soft_label_bytes_per_pixel']:.3f} B/px, weights {weights})  image {t['image_bytes'] / 2**20:7.2f} MiB  "
                 f"nn {t['nn_bytes'] / 2**20:6.2f} MiB"
             )
     lines.append(f"on disk    {d['disk_bytes'] / 2**20:.1f} MiB")
     return "\n".join(lines)
+
+
+def _size_text(target: dict) -> str:
+    """``"64x128"`` (h x w at the target), or ``"32x64 .. 64x128"`` for a split of several sizes."""
+    size = "x".join(map(str, target["smallest"]))
+    if target["smallest"] != target["largest"]:
+        size += " .. " + "x".join(map(str, target["largest"]))
+    return size
 
 
 def image_ids(path: str | Path, split: str | None = None) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, install_hint
 
 #: A local path or a ``upath.UPath``.
 Location = Union[Path, "UPath"]  # noqa: F821 - UPath exists only with the cloud extra
@@ -34,7 +34,7 @@ def location(path: str | os.PathLike | Location) -> Location:
     try:
         from upath import UPath
     except ImportError:
-        raise SoftprepError(f"{text}: object-storage locations need the cloud extra: pip install 'softprep[cloud]'") from None
+        raise SoftprepError(f"{text}: object-storage locations need the cloud extra: {install_hint('cloud')}") from None
     # Listings are not cached: a build and its readers must see each other's writes at once.
     return UPath(text, use_listings_cache=False)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from joblib import Parallel, delayed
 from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, install_hint
 
 
 def default_jobs(jobs: int | None) -> int:
@@ -91,7 +91,7 @@ def _run_on_dask(function: Callable[..., Any], tasks: Sequence[tuple], jobs: int
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
     except ImportError:
-        raise SoftprepError("--scheduler needs the dask extra: pip install 'softprep[dask]'") from None
+        raise SoftprepError(f"--scheduler needs the dask extra: {install_hint('dask')}") from None
     with contextlib.ExitStack() as stack:
         if scheduler == "local":
             cluster = stack.enter_context(LocalCluster(n_workers=default_jobs(jobs), threads_per_worker=1,

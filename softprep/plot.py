@@ -1,4 +1,4 @@
-"""Pictures of prior discrepancies (needs the optional ``matplotlib``: ``pip install 'softprep[plot]'``)."""
+"""Pictures of prior discrepancies (needs the optional ``matplotlib``: the ``plot`` extra)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, install_hint
 from softprep.priors import PriorTable, target_label
 
 #: The plot's unit: the priors table's (``softprep priors`` prints D x 10^4).
@@ -22,7 +22,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SoftprepError("--plot needs matplotlib: pip install 'softprep[plot]' (or pip install matplotlib)") from None
+        raise SoftprepError(f"--plot needs matplotlib: {install_hint('plot')} (or pip install matplotlib)") from None
     return plt
 
 

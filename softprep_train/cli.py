@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, install_hint
 from softprep.options import LOCATION, SIZE, OneLineErrors, dataset_choice, device_option, no_verify_option, out_folder
 from softprep_train.config import NN_SAMPLINGS, TrainConfig, default
 from softprep_train.experiment import DEFAULT_ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, per_scale_text
@@ -207,7 +207,7 @@ def entry():
     try:
         import torch  # noqa: F401
     except ImportError:
-        click.echo("softprep-train: error: torch is not installed; install the training extra: pip install 'softprep[train]'",
+        click.echo(f"softprep-train: error: torch is not installed; install the training extra: {install_hint('train')}",
                    err=True)
         sys.exit(1)
     main(prog_name="softprep-train")

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import torch
-from torch.utils.data import DataLoader
-
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, install_hint
 from softprep.store import open_store
 
 try:
     import lightning.pytorch as pl
-except ImportError:  # the message names the extra; nothing else in softprep needs Lightning
-    raise SoftprepError("softprep_train.lightning needs the lightning extra: pip install 'softprep[lightning]'") from None
+    import torch
+    from torch.utils.data import DataLoader
+except ImportError:  # the message names the extra (which brings torch too); nothing else in softprep needs Lightning
+    raise SoftprepError(f"softprep_train.lightning needs the lightning extra: {install_hint('lightning')}") from None
 
 from softprep_train.config import default
 from softprep_train.data import Augment, StoreDataset, TrainSampler, collate, to_device

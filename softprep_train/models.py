@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softprep.errors import SoftprepError
+from softprep.errors import SoftprepError, install_hint
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -177,13 +177,17 @@ def _smp(name: str, num_classes: int, pretrained: str | Path | None) -> SMPSegme
     try:
         import segmentation_models_pytorch as smp
     except ImportError:
-        raise SoftprepError(f"{name} needs the smp extra: pip install 'softprep[smp]'") from None
+        raise SoftprepError(f"{name} needs the smp extra: {install_hint('smp')}") from None
     arch, _, encoder = name[len(SMP_PREFIX):].partition("/")
-    try:
-        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes)
-    except (KeyError, ValueError) as error:
-        raise SoftprepError(f"{name}: segmentation_models_pytorch has no such architecture or encoder "
-                            f"({str(error).splitlines()[0][:120]}); e.g. smp:DeepLabV3Plus/resnet50") from None
+    architectures = {a.lower(): a for a in smp.MODEL_ARCHITECTURES_MAPPING}
+    encoders = smp.encoders.get_encoder_names()
+    if arch.lower() not in architectures:
+        raise SoftprepError(f"{name}: segmentation_models_pytorch has no architecture {arch!r}; choose one of "
+                            f"{', '.join(sorted(architectures))} (e.g. smp:DeepLabV3Plus/resnet50)")
+    if encoder not in encoders:
+        raise SoftprepError(f"{name}: segmentation_models_pytorch has no encoder {encoder!r}; it has {len(encoders)}, "
+                            f"e.g. {', '.join(encoders[:6])} (all: segmentation_models_pytorch.encoders.get_encoder_names())")
+    model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes)
     wrapped = SMPSegmenter(model)
     if pretrained is not None:
         wrapped.backbone.pretrained_tensors = load_backbone_weights(wrapped.backbone, pretrained, encoder)
@@ -326,7 +330,7 @@ def _segformer(spec: ModelSpec, num_classes: int, pretrained: str | Path | None)
     try:
         from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerModel
     except ImportError:
-        raise SoftprepError("segformer models need the segformer extra: pip install 'softprep[segformer]'") from None
+        raise SoftprepError(f"segformer models need the segformer extra: {install_hint('segformer')}") from None
     config = SegformerConfig(num_labels=num_classes, **MIT_SIZES[spec.backbone])
     model = SegFormer(SegformerForSemanticSegmentation(config))
     if pretrained is None:

@@ -34,7 +34,7 @@ class _Losses:
 
 
 def test_lightning_fast_dev_run_a_falling_loss_and_a_resumed_checkpoint(store, tmp_path):
-    pl = pytest.importorskip("lightning.pytorch", reason="needs the lightning extra: pip install 'softprep[lightning]'")
+    pl = pytest.importorskip("lightning.pytorch", reason="needs the lightning extra: pip install -e '.[lightning]'")
     from softprep_train.lightning import SoftLabelDataModule, SoftLabelModule
 
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_a_lightning_run_resumed_mid_epoch_sees_the_uninterrupted_runs_batches(s
 def test_export_to_parquet_round_trips_through_hugging_face_datasets(store, tmp_path):
     """`softprep export STORE --to parquet OUT`, then datasets.load_dataset("parquet", ...): every
     image, soft label and NN map equal to the store's; the card carries the exact priors."""
-    datasets = pytest.importorskip("datasets", reason="needs the hf extra: pip install 'softprep[hf]'")
+    datasets = pytest.importorskip("datasets", reason="needs the hf extra: pip install -e '.[hf]'")
     import subprocess
     import sys
 
@@ -147,7 +147,7 @@ def test_segformer_soft_labels_at_the_logits_size_are_the_stored_coarser_soft_la
     """HF SegFormer predicts at 1/4: the soft label area-resampled to the logits equals the soft
     label softprep stores at that coarser size (box filters compose), and a real
     SegformerForSemanticSegmentation trains on it (the loss falls)."""
-    transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install 'softprep[hf]'")
+    transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
     from softprep import open_store
     from softprep_train import kl_loss, normalise
     from softprep_train.hf import soft_label_for_logits

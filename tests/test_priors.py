@@ -150,7 +150,7 @@ def test_plot_without_matplotlib_says_how_to_install(demo_prior_store, monkeypat
     from softprep.plot import plot_priors
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(SoftprepError, match=r"pip install 'softprep\[plot\]'"):
+    with pytest.raises(SoftprepError, match=r"pip install -e '\.\[plot\]' in the softprep checkout"):
         plot_priors(store_priors(open_store(demo_prior_store)), "never.png")
 
 

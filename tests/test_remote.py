@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-moto_server = pytest.importorskip("moto.server", reason="needs the cloud extra's test server: pip install 'softprep[cloud,dask]' moto[server]")
-s3fs = pytest.importorskip("s3fs", reason="needs the cloud extra: pip install 'softprep[cloud]'")
-distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install 'softprep[dask]'")
+moto_server = pytest.importorskip("moto.server", reason="needs the cloud extra's test server: pip install -e '.[cloud,dask]' moto[server]")
+s3fs = pytest.importorskip("s3fs", reason="needs the cloud extra: pip install -e '.[cloud]'")
+distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install -e '.[dask]'")
 
 from softprep import SoftprepError, open_store  # noqa: E402
 from softprep.build import build  # noqa: E402

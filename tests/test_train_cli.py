@@ -102,4 +102,12 @@ def test_without_torch_one_line_says_what_to_install():
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1
     assert result.stderr.strip() == ("softprep-train: error: torch is not installed; install the training extra: "
-                                     "pip install 'softprep[train]'")
+                                     "pip install -e '.[train]' in the softprep checkout")
+    for module in ("softprep_train.lightning",):  # an integration imported without torch: one line naming its extra
+        code = f"import sys; sys.modules['torch'] = None; import {module}"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == ("softprep.errors.SoftprepError: softprep_train.lightning needs "
+                                                          "the lightning extra: pip install -e '.[lightning]' in the "
+                                                          "softprep checkout")

@@ -215,7 +215,7 @@ def test_readme_ten_line_loop_runs_and_augments_each_epoch(store, tmp_path, monk
 
 
 def test_segformer_b2_trains_a_few_iterations_on_cpu(store, tmp_path):
-    pytest.importorskip("transformers", reason="needs the segformer extra: pip install 'softprep[segformer]'")
+    pytest.importorskip("transformers", reason="needs the segformer extra: pip install -e '.[segformer]'")
     model = build_model("segformer_b2", 19)
     assert 27e6 < sum(p.numel() for p in model.parameters()) < 28e6  # MiT-B2 + all-MLP decoder (768)
     config = TrainConfig(store=store, out=str(tmp_path / "seg"), iters=3, **{**TINY, "model": "segformer_b2", "batch_size": 2})

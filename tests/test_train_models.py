@@ -79,7 +79,7 @@ def test_unet_small_predicts_at_full_resolution_and_fits_a_fixed_batch():
 def test_smp_models_come_from_the_registry_and_learn_on_a_store(demo_root, tmp_path):
     """segmentation_models_pytorch's DeepLabV3+ by name (smp:ARCH/ENCODER), trained with the KL loss
     from a store for a few iterations on CPU: the loss falls."""
-    pytest.importorskip("segmentation_models_pytorch", reason="needs the smp extra: pip install 'softprep[smp]'")
+    pytest.importorskip("segmentation_models_pytorch", reason="needs the smp extra: pip install -e '.[smp]'")
     import json
 
     from softprep.build import build
@@ -88,8 +88,13 @@ def test_smp_models_come_from_the_registry_and_learn_on_a_store(demo_root, tmp_p
 
     model = build_model("smp:DeepLabV3Plus/resnet18", 7)
     assert model.eval()(torch.randn(1, 3, 45, 61)).shape == (1, 7, 45, 61)  # any size: padded, cropped back
-    with pytest.raises(SoftprepError, match="smp:Nope/resnet18: segmentation_models_pytorch has no such architecture"):
+    with pytest.raises(SoftprepError) as error:
         build_model("smp:Nope/resnet18", 7)
+    assert str(error.value).startswith("smp:Nope/resnet18: segmentation_models_pytorch has no architecture 'Nope'; "
+                                       "choose one of deeplabv3, deeplabv3plus,")  # whole names, never cut mid-name
+    assert "upernet (e.g. smp:DeepLabV3Plus/resnet50)" in str(error.value)
+    with pytest.raises(SoftprepError, match=r"no encoder 'nope'; it has \d+, e.g. resnet18, resnet34"):
+        build_model("smp:Unet/nope", 7)
     store = tmp_path / "s.zarr"
     build(get_dataset("cityscapes", demo_root), store, [0.5], jobs=1)
     fit(TrainConfig(store=str(store), scale="0.5", out=str(tmp_path / "run"), model="smp:Unet/resnet18", iters=30,
