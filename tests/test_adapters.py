@@ -159,6 +159,18 @@ def test_lossy_or_wide_label_maps_are_refused_naming_the_file(tmp_path, bad, mes
     assert str(mask) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_mask_saved_as_jpeg_is_refused_as_a_jpeg_not_as_missing(tmp_path):
+    """A `folder` mask saved as masks/NAME.jpg: one line saying it is a JPEG (it was "no label")."""
+    root = write_folder_dataset(tmp_path / "d", [(8, 8), (8, 8)], split_folders=False)
+    mask = root / "masks" / "img1.png"
+    Image.open(mask).save(root / "masks" / "img1.jpg", format="JPEG")
+    mask.unlink()
+    with pytest.raises(SoftprepError) as error:
+        get_dataset("folder", root).samples("train")
+    assert str(error.value) == (f"{root / 'masks' / 'img1.jpg'}: label map is a JPEG (lossy compression changes label "
+                                f"values at every boundary); save the masks as PNG (1 JPEG mask(s) in {root / 'masks'})")
+
+
 def test_16_bit_labels_within_8_bits_are_read(tmp_path):
     root = write_folder_dataset(tmp_path / "d", [(8, 8)], split_folders=False)
     mask = root / "masks" / "img0.png"

@@ -212,6 +212,10 @@ def pair_by_stem(image_dir: Path, label_dir: Path, label_suffix: str = ".png",
     labels = {p.name[: -len(label_suffix)]: p for p in sorted(label_dir.iterdir())
               if p.name.endswith(label_suffix) and p.is_file()}
     unlabelled = sorted(set(images) - set(labels))
+    lossy = [p for p in sorted(label_dir.iterdir()) if p.stem in unlabelled and p.suffix.lower() in (".jpg", ".jpeg")]
+    if lossy:  # a mask saved as JPEG: say so, not "no label"
+        raise SoftprepError(f"{lossy[0]}: label map is a JPEG (lossy compression changes label values at every "
+                            f"boundary); save the masks as PNG ({len(lossy)} JPEG mask(s) in {label_dir})")
     if unlabelled:
         raise SoftprepError(f"{images[unlabelled[0]]}: no label {label_dir / (unlabelled[0] + label_suffix)} "
                             f"({len(unlabelled)} image(s) without a label); restore the labels or remove the images")

@@ -10,7 +10,7 @@ With split subfolders (``images/train``, ``images/val``, ...) each is a split; w
 pairs form the split ``train``. ``classes.json``::
 
     {"classes": [{"name": "road", "color": [128, 64, 128], "values": [1, 7]},
-                 {"name": "car",  "color": [0, 0, 142]}],
+                 {"name": "car",  "color": [0, 0, 142], "values": [26]}],
      "ignore": [0, 255]}
 
 ``values``: the raw mask values of that class (default: the class's position in the list).
