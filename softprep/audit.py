@@ -45,7 +45,7 @@ from softprep.plan import Target, parse_targets, plan_for_size
 from softprep.priors import target_label
 from softprep.resample import prepare_label, soft_label
 from softprep.rules import RULES, Rule, user_rule
-from softprep.softlabel import EMPTY
+from softprep.softlabel import IGNORE_INDEX
 
 FORMATS = ("table", "json", "csv")
 #: Offsets up to this (full-resolution pixels) read as aligned: at an even factor no single source
@@ -135,7 +135,7 @@ def _shifted_box(planes: np.ndarray, axis: int, full: int, out: int, shifts: np.
     return np.moveaxis(np.moveaxis(boxes, -2, 0), -1, axis + 1)
 
 
-def thin_labels(label: np.ndarray, window: tuple[int, int], ignore: int = EMPTY) -> np.ndarray:
+def thin_labels(label: np.ndarray, window: tuple[int, int], ignore: int = IGNORE_INDEX) -> np.ndarray:
     """``(H, W) uint8``: ``label`` where a pixel lies in no ``window`` rectangle of one class (a piece
     narrower than the window: a pole, a sign at that scale), else ``ignore``."""
     from scipy import ndimage
@@ -242,12 +242,12 @@ class _Reference:
         plan = plan_for_size("area", False, self.full, self.size)
         self.soft = soft_label(prepared, plan.rows, plan.cols).dense()  # (C, h, w) float32
         argmax = self.soft.argmax(axis=0).astype(np.uint8)
-        self.argmax = np.where(self.soft.max(axis=0) > 0, argmax, EMPTY).astype(np.uint8)
+        self.argmax = np.where(self.soft.max(axis=0) > 0, argmax, IGNORE_INDEX).astype(np.uint8)
         self.weight = self.full[0] * self.full[1] / (self.size[0] * self.size[1])  # full-resolution pixels per output
         scale = (self.full[0] / self.size[0], self.full[1] / self.size[1])
         self.shifts = int(math.ceil(max(scale))) + 1
         window = (max(1, round(scale[0])), max(1, round(scale[1])))
-        thin = prepare_label(thin_labels(np.where(codes == self.num_classes, EMPTY, codes), window), self.num_classes)
+        thin = prepare_label(thin_labels(np.where(codes == self.num_classes, IGNORE_INDEX, codes), window), self.num_classes)
         self.thin = soft_label(thin, plan.rows, plan.cols).dense() * self.weight  # full-resolution thin pixels
         void = self.num_classes
         shifts = np.arange(-self.shifts, self.shifts + 1)
@@ -267,13 +267,13 @@ class _Reference:
         valid = mask < c
         tally = Tally(c, self.shifts)
         tally.pixels, tally.valid, tally.images = mask.size, int(valid.sum()), 1
-        tally.invalid = int(((mask >= c) & (mask != EMPTY)).sum())
+        tally.invalid = int(((mask >= c) & (mask != IGNORE_INDEX)).sum())
         tally.sizes = {(self.full, self.size)}
         tally.counts = np.bincount(mask[valid], minlength=c)[:c] * self.weight
         labels = np.where(valid, mask, 0)
         carried = np.take_along_axis(self.soft, labels[None], axis=0)[0]
         tally.invented = int((valid & (carried == 0)).sum())
-        both = valid & (self.argmax != EMPTY)
+        both = valid & (self.argmax != IGNORE_INDEX)
         tally.compared, tally.differ = int(both.sum()), int((both & (mask != self.argmax)).sum())
         tally.thin_total = float(self.thin.sum())
         tally.thin_kept = float(np.where(valid, np.take_along_axis(self.thin, labels[None], axis=0)[0], 0).sum())

@@ -198,7 +198,7 @@ Paired colour images and **soft labels** (per-pixel class distributions, from on
 downsampled with the colour image's own kernel) for low-resolution semantic segmentation, exported
 from a softprep store. Train with a KL loss (Alcover-Couso et al., *soft-labelling*, eq. 4).
 
-- Kernel: `{spec.kernel}` (colour: `{spec.colour_kernel}`){' with antialias' if spec.antialias else ''}; targets: {', '.join(spec.targets)}
+- Kernel: `{spec.kernel}` (colour: `{spec.colour_kernel}`){' with antialias' if spec.antialias else ''}; targets: {', '.join(spec.target_names)}
 - Classes ({spec.num_classes}, index = train id): {', '.join(printable(c) for c in spec.classes)}; ignore {spec.ignore_index}
 - Splits: {', '.join(f"{s} ({len(spec.splits[s].ids)} images)" for s in store.splits)}
 - Store format {store.format_version}, build `{store.build_id}`
@@ -211,7 +211,7 @@ mixed pixels in row-major order: slot classes and their weights, fractions of th
 
 ```python
 from datasets import load_dataset
-data = load_dataset("parquet", data_dir="OUT/{spec.targets[0]}")   # or load_dataset("OUT", "{spec.targets[0]}")
+data = load_dataset("parquet", data_dir="OUT/{spec.target_names[0]}")   # or load_dataset("OUT", "{spec.target_names[0]}")
 ```
 
 ## Class priors (split {store.splits[0]}, exact)

@@ -28,7 +28,7 @@ def describe(path: str | Path) -> dict:
     spec = store.spec
     out = {"path": str(store.path), "complete": store.complete, "format_version": store.format_version,
            "dataset": spec.dataset, "classes": spec.classes, "ignore_index": spec.ignore_index, "kernel": spec.kernel,
-           "antialias": spec.antialias, "nn_rule": store.nn_rule, "targets": spec.targets, "splits": {}}
+           "antialias": spec.antialias, "nn_rule": store.nn_rule, "targets": spec.target_names, "splits": {}}
     for split in store.splits:
         done = store.done(split)
         members = store.spec.splits[split].members

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from softprep.kernels import AxisWeights
-from softprep.softlabel import EMPTY, IGNORE_INDEX, MAX_CLASSES, SoftLabel, from_sparse_rows
+from softprep.softlabel import IGNORE_INDEX, MAX_CLASSES, SoftLabel, from_sparse_rows
 
 #: Label value that marks unlabelled pixels in train-id maps.
 
@@ -142,7 +142,7 @@ def soft_label(
     denominator = wy.denominator * wx.denominator if exact else None
 
     pure_class = codes[wy.index[:, 0]][:, wx.index[:, 0]]
-    pure_class[pure_class == void] = EMPTY
+    pure_class[pure_class == void] = IGNORE_INDEX
 
     mixed_index = np.flatnonzero(~pure)
     mass = _mixed_class_mass(codes, void, mixed_index, shape, wy, wx, exact)

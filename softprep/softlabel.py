@@ -2,7 +2,7 @@
 
 A soft label at ``(H', W')`` is stored as ``K`` *planes* of ``(class, weight)`` pairs per pixel,
 sorted by weight, largest first (ties: lower class first). Plane 0 is the dominant class, so the
-argmax map is plane 0 itself. Unused slots hold class ``EMPTY`` (255) and weight 0. ``K`` is the
+argmax map is plane 0 itself. Unused slots hold class ``IGNORE_INDEX`` (255) and weight 0. ``K`` is the
 largest number of classes any pixel of the image carries: nothing is ever dropped.
 
 Weights are *not* renormalised over valid pixels: the weights of a pixel sum to its *valid
@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 #: The train id of unlabelled pixels, everywhere: adapters map "void" to it, hard (NN) label maps
-#: hold it, losses and evaluation skip it. The one definition of the ignore value.
+#: hold it, losses and evaluation skip it, and an unused soft-label slot carries it as its class.
+#: The one definition of the ignore value.
 IGNORE_INDEX = 255
-#: Class code of an unused slot, and of an ignored pixel in a hard label map.
-EMPTY = IGNORE_INDEX
 #: Code of a multi-class pixel in a packed soft label's class map (its slots are in the lists).
 MIXED = 254
 #: Most classes a soft label can carry (class ids stay below ``MIXED``).
@@ -46,7 +45,7 @@ class SoftLabel:
     """Sparse soft label of one image at one scale.
 
     Attributes:
-        classes: ``(K, H', W') uint8`` class of each slot, ``EMPTY`` when unused.
+        classes: ``(K, H', W') uint8`` class of each slot, ``IGNORE_INDEX`` when unused.
         weights: ``(K, H', W')`` weight numerators (unsigned ints) or weights (``float32``).
         num_classes: ``C``, the number of (non-ignore) classes.
         denominator: common denominator of integer weights, ``None`` for float weights.
@@ -85,12 +84,12 @@ class SoftLabel:
         values = self.scaled_weights()
         for k in range(self.planes):
             cls = self.classes[k].ravel()
-            # EMPTY slots land on the spare row C (weight 0) and are cut off below.
+            # IGNORE_INDEX slots land on the spare row C (weight 0) and are cut off below.
             out[np.minimum(cls, self.num_classes), pixel] += values[k].ravel()
         return out[: self.num_classes].reshape(self.num_classes, h, w)
 
     def argmax(self) -> np.ndarray:
-        """``(H', W') uint8`` the dominant class of each pixel, ``EMPTY`` where fully ignored."""
+        """``(H', W') uint8`` the dominant class of each pixel, ``IGNORE_INDEX`` where fully ignored."""
         return self.classes[0].copy()
 
     def valid_fraction(self) -> np.ndarray:
@@ -122,7 +121,7 @@ def from_sparse_rows(
     """Assemble a :class:`SoftLabel` from single-class and multi-class pixels.
 
     Args:
-        pure_class: ``(H', W') uint8`` the class of each single-class pixel (``EMPTY``: ignored);
+        pure_class: ``(H', W') uint8`` the class of each single-class pixel (``IGNORE_INDEX``: ignored);
             the values at multi-class pixels are overwritten.
         pure_weight: the weight a single-class pixel carries (``denominator``, or 1.0).
         mixed_index: ``(M,) int`` flat indices of the multi-class pixels.
@@ -134,11 +133,11 @@ def from_sparse_rows(
     nonzero = (sorted_mass > 0).sum(axis=1)
     planes = max(1, int(nonzero.max(initial=0)))
 
-    classes = np.full((planes, h * w), EMPTY, dtype=np.uint8)
+    classes = np.full((planes, h * w), IGNORE_INDEX, dtype=np.uint8)
     weights = np.zeros((planes, h * w), dtype=weight_dtype(denominator))
     classes[0] = pure_class.ravel()
-    weights[0] = np.where(classes[0] == EMPTY, 0, pure_weight)
-    classes[0, mixed_index] = EMPTY
+    weights[0] = np.where(classes[0] == IGNORE_INDEX, 0, pure_weight)
+    classes[0, mixed_index] = IGNORE_INDEX
     weights[0, mixed_index] = 0
     for k in range(planes):
         used = nonzero > k
@@ -157,10 +156,10 @@ class PackedSoftLabel:
     share and its other slots.
 
     Attributes:
-        classes: ``(H', W') uint8``: the class of a single-class pixel, ``EMPTY`` where nothing is
+        classes: ``(H', W') uint8``: the class of a single-class pixel, ``IGNORE_INDEX`` where nothing is
             labelled, ``MIXED`` at multi-class pixels.
         mixed_classes: ``(K, M) uint8`` the slot classes of the ``M`` mixed pixels in row-major
-            order, largest weight first, ``EMPTY`` when unused.
+            order, largest weight first, ``IGNORE_INDEX`` when unused.
         mixed_weights: ``(K, M)``: integer weights: row 0 the *ignored share* (``denominator``
             less the pixel's weights), row ``k >= 1`` slot ``k``'s weight; ``float32`` weights:
             every slot's weight (a derived float would not round-trip).
@@ -216,9 +215,9 @@ def pack(soft: SoftLabel) -> PackedSoftLabel:
     """Lossless :class:`PackedSoftLabel` of ``soft`` (``unpack(pack(s))`` equals ``s``)."""
     classes, weights = soft.classes, soft.weights
     full = soft.denominator if soft.exact else 1.0
-    mixed = (classes[0] != EMPTY) & (weights[0] != full)
+    mixed = (classes[0] != IGNORE_INDEX) & (weights[0] != full)
     if soft.planes > 1:
-        mixed |= classes[1] != EMPTY
+        mixed |= classes[1] != IGNORE_INDEX
     packed_classes = np.where(mixed, np.uint8(MIXED), classes[0])
     mixed_classes = classes[:, mixed]
     mixed_weights = weights[:, mixed].copy()
@@ -236,10 +235,10 @@ def unpack(packed: PackedSoftLabel) -> SoftLabel:
     where = np.flatnonzero(flat == MIXED)
     if len(where) != packed.mixed:
         raise ValueError(f"the class map has {len(where)} mixed pixels, the lists {packed.mixed}")
-    classes = np.full((packed.planes, h * w), EMPTY, dtype=np.uint8)
+    classes = np.full((packed.planes, h * w), IGNORE_INDEX, dtype=np.uint8)
     weights = np.zeros((packed.planes, h * w), dtype=dtype)
     classes[0] = flat
-    weights[0] = np.where(flat == EMPTY, 0, packed.full_weight).astype(dtype)
+    weights[0] = np.where(flat == IGNORE_INDEX, 0, packed.full_weight).astype(dtype)
     if packed.mixed:
         k = packed.mixed_classes.shape[0]
         classes[:k, where] = packed.mixed_classes

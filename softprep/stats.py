@@ -19,7 +19,7 @@ import numpy as np
 
 from softprep.errors import SoftprepError
 from softprep.parallel import batches, run_tasks
-from softprep.softlabel import EMPTY
+from softprep.softlabel import IGNORE_INDEX
 from softprep.store import Store, open_store
 
 
@@ -64,7 +64,7 @@ def tally_pixels(store_path: str, split: str, target: str, indices: range) -> Pi
         p = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
         log_p = np.log(p, out=np.zeros_like(p), where=p > 0)
         nn, hard = sample.nn(), soft.argmax()
-        compared = (nn != EMPTY) & (hard != EMPTY)
+        compared = (nn != IGNORE_INDEX) & (hard != IGNORE_INDEX)
         tally.merge(PixelTally(
             images=1, pixels=valid.size, valid=int(valid.sum()), multi=int((classes_per_pixel > 1).sum()),
             class_slots=int(classes_per_pixel.sum()), max_classes=int(classes_per_pixel.max(initial=0)),

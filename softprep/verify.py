@@ -26,7 +26,7 @@ from softprep.errors import SoftprepError, printable
 from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label
-from softprep.softlabel import EMPTY, MIXED, PackedSoftLabel, SoftLabel, unpack
+from softprep.softlabel import IGNORE_INDEX, MIXED, PackedSoftLabel, SoftLabel, unpack
 from softprep.store import Store, TargetView, attrs_digest, map_arrays, open_store, shard_file
 
 LIST_ARRAYS = ("mixed_classes", "mixed_weights")
@@ -260,15 +260,15 @@ def _check_soft_label(soft: SoftLabel, records: dict, maps: dict[str, np.ndarray
     c, classes, weights = soft.num_classes, soft.classes, soft.weights
     one = soft.denominator if soft.exact else 1.0
     tolerance = 0 if soft.exact else FLOAT_TOLERANCE
-    if ((classes >= c) & (classes != EMPTY)).any():
-        problems.append(f"classes: value {int(classes[(classes >= c) & (classes != EMPTY)].max())} is not a train id (< {c}) or empty (255)")
-    if (weights[classes == EMPTY] != 0).any():
+    if ((classes >= c) & (classes != IGNORE_INDEX)).any():
+        problems.append(f"classes: value {int(classes[(classes >= c) & (classes != IGNORE_INDEX)].max())} is not a train id (< {c}) or empty (255)")
+    if (weights[classes == IGNORE_INDEX] != 0).any():
         problems.append("weights: an empty slot has non-zero weight")
     if (weights < 0).any() or (weights > one + tolerance).any():
         problems.append(f"weights: outside [0, 1] (min {weights.min() / one:.6g}, max {weights.max() / one:.6g})")
     if (np.diff(weights.astype(np.float64), axis=0) > tolerance).any():
         problems.append("weights: slots are not sorted by weight")
-    used = int((classes != EMPTY).any(axis=(1, 2)).sum())
+    used = int((classes != IGNORE_INDEX).any(axis=(1, 2)).sum())
     if used > int(records["planes"]):
         problems.append(f"planes: records {int(records['planes'])} slots, {used} are used")
     sums = weights.astype(np.float64).sum(axis=0)
@@ -283,7 +283,7 @@ def _check_soft_label(soft: SoftLabel, records: dict, maps: dict[str, np.ndarray
         problems.append(f"mass: recorded class masses differ from the stored soft label's "
                         f"(classes {_differing(~np.isclose(value, records['mass'], rtol=1e-6, atol=1e-6), False)})")
     for name, hard in maps.items():
-        counts = np.bincount(hard[hard != EMPTY].ravel(), minlength=c)[:c]
+        counts = np.bincount(hard[hard != IGNORE_INDEX].ravel(), minlength=c)[:c]
         if not np.array_equal(counts, records[name]):
             problems.append(f"{name}: recorded counts differ from the stored map's (classes {_differing(counts, records[name])})")
     return problems

@@ -14,7 +14,7 @@ import importlib
 _EXPORTS = {
     "Augment": "data", "StoreDataset": "data", "TrainSampler": "data", "collate": "data", "densify": "data",
     "finish_sample": "data", "to_device": "data",
-    "evaluate": "evaluate", "iou_from_confusion": "evaluate",
+    "evaluate": "evaluate", "iou_from_confusion": "comparison",
     "ce_nn_loss": "losses", "kl_loss": "losses",
     "MODELS": "models", "build_model": "models",
     "TrainConfig": "train", "fit": "train", "normalise": "data",

@@ -15,7 +15,7 @@ import numpy as np
 from softprep.errors import SoftprepError, install_hint
 from softprep.options import LOCATION, SIZE, OneLineErrors, dataset_choice, device_option, no_verify_option, out_folder
 from softprep_train.config import NN_SAMPLINGS, TrainConfig, default
-from softprep_train.experiment import DEFAULT_ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, per_scale_text
+from softprep_train.protocol import DEFAULT_ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, per_scale_text
 
 try:  # the registries name --model's and --loss's choices; without torch, entry() says what to install
     from softprep_train.losses import LOSSES
@@ -178,23 +178,10 @@ def experiment(root, out, dataset, eval_split, quick, seeds, arms, scales, epoch
     """Soft labels against nearest neighbour, paired by seed: arms nn, nn-centred, soft, soft-no-mc,
     soft-bilinear trained to convergence, scored at full resolution, compared with t and bootstrap
     CIs (Holm-corrected); report.md/.json, learning curves and predictions in OUT."""
-    from softprep_train.experiment import Settings, run_experiment
+    from softprep_train.experiment import run_experiment
+    from softprep_train.protocol import settings_from_options
 
-    make = Settings.quick if quick else Settings
-    settings = make(str(root), str(out), dataset=dataset, eval_split=eval_split, jobs=jobs)
-    if scales:
-        chosen = [v.strip() for v in scales.split(",")]
-        default = Settings(str(root), str(out))
-        pick = lambda table, fallback: {k: table.get(k, fallback[k] if k in fallback else next(iter(fallback.values())))
-                                        for k in chosen}
-        settings.arms, settings.seeds = pick(settings.arms, default.arms), pick(settings.seeds, default.seeds)
-        settings.epochs = pick(settings.epochs, default.epochs)
-    if seeds:
-        settings.seeds = {k: tuple(int(v) for v in seeds.split(",")) for k in settings.arms}
-    if arms:
-        settings.arms = {k: tuple(a.strip() for a in arms.split(",")) for k in settings.arms}
-    if epochs:
-        settings.epochs = {k: epochs for k in settings.arms}
+    settings = settings_from_options(str(root), str(out), dataset, eval_split, jobs, quick, scales, seeds, arms, epochs)
     report = run_experiment(settings, log=lambda text: click.echo(text, err=True), report_only=report_only)
     click.echo(f"{out / 'report.md'}: {len(report['runs'])} runs")
     for comparison in report["primary"]:

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from softprep_train.evaluate import iou_from_confusion
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,15 @@ def paired_t(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> PairedT:
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
     p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
     return PairedT(mean, mean - half, mean + half, p, n, float(level))
+
+
+def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """``(..., C, C)`` confusion (rows = truth) -> ``(..., C)`` IoU = TP / (TP + FP + FN); NaN where that is 0/0."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    union = confusion.sum(-2) + confusion.sum(-1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
 
 
 def miou_from_confusion(confusion: np.ndarray) -> np.ndarray:
@@ -185,4 +193,4 @@ def compare_family(pairs: list[PairInput], alpha: float = 0.05, replicates: int 
     return out
 
 
-__all__ = ["Comparison", "Holm", "PairInput", "PairedT", "compare_family", "holm", "miou_from_confusion", "paired_bootstrap", "paired_t"]
+__all__ = ["Comparison", "Holm", "PairInput", "PairedT", "compare_family", "holm", "iou_from_confusion", "miou_from_confusion", "paired_bootstrap", "paired_t"]

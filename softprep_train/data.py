@@ -40,7 +40,6 @@ from softprep.plan import target_name, plan_for_size
 from softprep.store import open_store
 from softprep_train.config import NN_SAMPLINGS, default
 
-IGNORE = IGNORE_INDEX  # the ignore value of hard labels and crop padding
 RESIZE_RANGE = (0.5, 2.0)
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -87,7 +86,7 @@ def taps_to_matrix(index: torch.Tensor, weight: torch.Tensor, src: int) -> torch
 
 def densify(classes: torch.Tensor, weights: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Sparse slots ``classes (K, h, w) uint8`` + ``weights (K, h, w) float32`` -> ``(C, h, w) float32``."""
-    index = classes.long().clamp_max(num_classes)  # EMPTY -> the discarded row C
+    index = classes.long().clamp_max(num_classes)  # IGNORE_INDEX -> the discarded row C
     dense = torch.zeros((num_classes + 1, *classes.shape[1:]), dtype=weights.dtype, device=weights.device)
     dense.scatter_add_(0, index, weights)
     return dense[:num_classes]
@@ -112,7 +111,7 @@ def finish_sample(raw: dict, num_classes: int | None = None) -> dict:
         out["soft"] = _clamp_to_distribution(out["soft"])
     nn_rows, nn_cols = raw["nn_rows"].to(device), raw["nn_cols"].to(device)
     nn = raw["nn"].long()[nn_rows.clamp_min(0)][:, nn_cols.clamp_min(0)]
-    nn[(nn_rows < 0)[:, None] | (nn_cols < 0)[None, :]] = IGNORE
+    nn[(nn_rows < 0)[:, None] | (nn_cols < 0)[None, :]] = IGNORE_INDEX
     out["nn"] = nn
     return out
 

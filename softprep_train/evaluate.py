@@ -24,7 +24,8 @@ from softprep.errors import SoftprepError
 from softprep.plan import target_name
 from softprep.store import Store, open_store
 from softprep.verify import check_source
-from softprep_train.data import IGNORE
+from softprep_train.comparison import iou_from_confusion  # noqa: F401 - re-exported
+from softprep.softlabel import IGNORE_INDEX
 from softprep_train.checkpoint import load_checkpoint_state
 from softprep_train.models import build_model
 from softprep_train.data import normalise
@@ -63,19 +64,10 @@ class Report:
                 **({"per_image_confusion": self.per_image.tolist()} if self.per_image is not None else {})}
 
 
-def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
-    """``(..., C, C)`` confusion (rows = truth) -> ``(..., C)`` IoU = TP / (TP + FP + FN); NaN where that is 0/0."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
-    union = confusion.sum(-2) + confusion.sum(-1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
-
-
 def accumulate(confusion: torch.Tensor, prediction: torch.Tensor, label: torch.Tensor) -> None:
     """Add ``(H, W)`` prediction/label pairs to a ``(C, C)`` device confusion matrix (ignore skipped)."""
     c = confusion.shape[0]
-    valid = label != IGNORE
+    valid = label != IGNORE_INDEX
     confusion += torch.bincount(label[valid].long() * c + prediction[valid].long(), minlength=c * c).view(c, c)
 
 

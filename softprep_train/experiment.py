@@ -3,6 +3,8 @@ converged models, confidence intervals.
 
 One protocol for any dataset adapter's root (CamVid by default):
 
+The protocol itself (arms, defaults, comparisons, :class:`Settings`) is :mod:`softprep_train.protocol`.
+
 1. **Stores.** One colour kernel (``area``) for every arm, so the colour images are identical:
    ``stores/area.zarr`` (area soft labels, the stored NN maps and the full-resolution labels at
    target ``1.0``) and ``stores/bilinear.zarr`` (bilinear soft labels, area colour). Each
@@ -31,7 +33,7 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -43,107 +45,8 @@ from softprep.errors import SoftprepError
 from softprep.parallel import die_with_parent
 from softprep.plan import target_name
 from softprep.store import open_store
-
-#: The colour kernel of every arm's store (identical colour images across arms).
-COLOUR_KERNEL = "area"
-FULL = "1.0"
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One way of making the training labels: the store's label kernel, the loss, multi-class
-    pixels, and how hard labels are sampled."""
-
-    name: str
-    kernel: str  # the label kernel of the store it reads (colour: always COLOUR_KERNEL)
-    loss: str  # "kl" | "ce-nn"
-    mc: bool = True
-    nn_sampling: str = "centre"
-    about: str = ""
-
-
-ARMS = {arm.name: arm for arm in (
-    Arm("nn", "area", "ce-nn", nn_sampling="floor",
-        about="torch `nearest` labels (the stored `nn_floor` map, resampled again by torch `nearest` in the augmentation)"),
-    Arm("nn-centred", "area", "ce-nn", nn_sampling="centre",
-        about="`nearest-exact` at pixel centres through the augmentation: hard labels aligned with the colour image"),
-    Arm("soft", "area", "kl", about="area soft labels, KL loss (eq. 4)"),
-    Arm("soft-no-mc", "area", "kl", mc=False, about="area soft labels, single-class pixels only (Table III)"),
-    Arm("soft-bilinear", "bilinear", "kl", about="bilinear soft labels (the paper's kernel), area colour"),
-)}
-
-#: The default protocol per training scale (a stored factor name). 90 epochs at 1/8: at 60 the NN
-#: arm stopped below 45 mIoU (44.2 over 5 seeds) while still learning; at 90 seed 3, its weakest,
-#: went from 43.5 to 46.7.
-DEFAULT_ARMS = {"0.125": ("nn", "nn-centred", "soft", "soft-no-mc", "soft-bilinear"), "0.25": ("nn", "nn-centred", "soft")}
-DEFAULT_SEEDS = {"0.125": (0, 1, 2, 3, 4), "0.25": (0, 1, 2)}
-DEFAULT_EPOCHS = {"0.125": 90, "0.25": 30}
-
-
-def per_scale_text(table: dict, show=str) -> str:
-    """A per-scale default for ``--help``: ``{"0.125": 90, "0.25": 30}`` -> ``90 at 1/8; 30 at 1/4``."""
-    return "; ".join(f"{show(value)} at 1/{round(1 / float(scale))}" for scale, value in table.items())
-
-
-#: (a, b): the comparisons ``b - a`` reported, where both arms ran at a scale.
-COMPARISONS = (("nn", "soft"), ("nn-centred", "soft"), ("nn", "nn-centred"), ("soft", "soft-no-mc"),
-               ("soft", "soft-bilinear"))
-#: CamVid's thin classes (the secondary endpoints); other datasets: their rarest classes.
-THIN_CLASSES = {"camvid": ("pole", "sign symbol", "fence", "pedestrian", "bicyclist")}
-
-
-@dataclass
-class Settings:
-    """The protocol: per training scale (a stored factor name), its arms, seeds and epochs.
-
-    The default takes about 4.5 hours of a 2-core CPU (two runs at a time, one core each): 25 runs
-    of about 16 minutes at 1/8, 9 of about 15 at 1/4; it resumes, so it can span sessions.
-    """
-
-    root: str
-    out: str
-    dataset: str = "camvid"
-    train_split: str = "train"
-    eval_split: str = "val"
-    model: str = "unet_small"
-    arms: dict = field(default_factory=lambda: dict(DEFAULT_ARMS))
-    seeds: dict = field(default_factory=lambda: dict(DEFAULT_SEEDS))
-    epochs: dict = field(default_factory=lambda: dict(DEFAULT_EPOCHS))
-    iters: int | None = None  # instead of epochs (the quick run)
-    batch_size: int = 8
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    #: poly decay power: 2 anneals within the budget (0.9, the paper's, still adds ~3 points in the
-    #: last 20% of 60 epochs: measured on the NN arm at 1/8, seed 0)
-    poly_power: float = 2.0
-    weight_decay: float = 1e-4
-    eval_every: int = 4  # epochs between learning-curve points (also 80% of the run)
-    jobs: int = 2  # runs at a time, one core each
-    replicates: int = 2000  # bootstrap replicates
-
-    @classmethod
-    def quick(cls, root: str, out: str, **overrides) -> "Settings":
-        """End to end in under 2 minutes: every arm at 1/8 with 2 seeds, a few iterations each."""
-        return cls(root, out, arms={"0.125": tuple(ARMS)}, seeds={"0.125": (0, 1)}, epochs={"0.125": 1}, iters=4,
-                   replicates=200, **overrides)
-
-    @property
-    def scales(self) -> list[str]:
-        return list(self.arms)
-
-    def runs(self) -> list[tuple[str, str, int]]:
-        """``(scale, arm, seed)`` in the order they run: scale by scale, seed-major (pairs finish together)."""
-        return [(scale, arm, seed) for scale in self.scales for seed in self.seeds[scale] for arm in self.arms[scale]]
-
-    def store_targets(self, kernel: str) -> list[str]:
-        """Targets a store needs: every scale its arms train at, twice each (no enlarging), and 1.0
-        in the area store (centred NN labels, full-resolution evaluation labels)."""
-        scales = [s for s in self.scales if any(ARMS[a].kernel == kernel for a in self.arms[s])]
-        targets = {target_name(s) for s in scales} | {target_name(min(1.0, 2 * float(s))) for s in scales}
-        if kernel == COLOUR_KERNEL:
-            targets |= {FULL} | {target_name(s) for s in self.scales}
-        return sorted(targets, key=float)
-
+from softprep_train.protocol import (ARMS, COLOUR_KERNEL, DEFAULT_ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, FULL,  # noqa: F401
+                                     Arm, Settings, per_scale_text, run_name)
 
 def check_settings(settings: Settings) -> None:
     unknown = {a for arms in settings.arms.values() for a in arms} - set(ARMS)
@@ -204,10 +107,6 @@ def _first_differing_image(ours, theirs) -> str | None:
         if not np.array_equal(a, b):
             return ours.ids[members[int(np.argmax((a != b).reshape(len(a), -1).any(1)))]]
     return None
-
-
-def run_name(scale: str, arm: str, seed: int) -> str:
-    return f"{arm}-{target_name(scale)}-s{seed}"
 
 
 def train_config(settings: Settings, stores: dict[str, Path], scale: str, arm_name: str, seed: int):
@@ -288,7 +187,7 @@ def train_and_score(settings: Settings, stores: dict[str, Path], scale: str, arm
 
 
 def _plain_iou(confusion: np.ndarray) -> list[float | None]:
-    from softprep_train.evaluate import iou_from_confusion
+    from softprep_train.comparison import iou_from_confusion
 
     return [None if np.isnan(v) else float(v) for v in iou_from_confusion(confusion)]
 

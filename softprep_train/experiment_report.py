@@ -20,7 +20,7 @@ from softprep.priors import render, store_priors, target_label
 from softprep.store import open_store
 from softprep_train.comparison import Comparison, PairInput, compare_family, iou_from_confusion
 from softprep_train.experiment_finding import ci_text, finding
-from softprep_train.experiment import ARMS, COLOUR_KERNEL, COMPARISONS, FULL, THIN_CLASSES, Settings, run_name
+from softprep_train.protocol import ARMS, COLOUR_KERNEL, COMPARISONS, FULL, THIN_CLASSES, Settings, run_name
 
 #: The convergence bar of the protocol: the NN arm's gain over the last 20% of epochs, in mIoU points.
 CONVERGED_BELOW = 1.0
@@ -231,10 +231,10 @@ def predictions(settings: Settings, stores: dict, classes: list[str], thin: list
     """The paper's Fig. 5/6: for the 3 evaluation images with the most thin-class pixels, colour,
     ground truth, and the seed-0 prediction of each hard and soft arm at the first scale."""
     import torch
-    import torch.nn.functional as F
 
+    from softprep.show import colourise
     from softprep_train.evaluate import load_checkpoint
-    from softprep_train.data import normalise
+    from softprep_train.predict import predict_image
 
     plt = _pyplot()
     scale = target_name(settings.scales[0])
@@ -245,32 +245,22 @@ def predictions(settings: Settings, stores: dict, classes: list[str], thin: list
         return path if path.is_file() else None  # checkpoints stay local: keep the figure drawn where they were
     store = open_store(stores[COLOUR_KERNEL])
     palette = np.array(store.spec.palette, dtype=np.uint8)
-    full, small = store.samples(settings.eval_split, FULL), store.samples(settings.eval_split, scale)
+    full = store.samples(settings.eval_split, FULL)
     thin_ids = np.array([classes.index(c) for c in thin])
     thin_pixels = [int(np.isin(full[i].nn(), thin_ids).sum()) for i in range(len(full))]
     chosen: list[int] = []  # the most thin-class pixels, from different sequences (frames >= 10 apart)
     for i in np.argsort(thin_pixels, kind="stable")[::-1]:
         if len(chosen) < 3 and all(abs(int(i) - j) >= 10 for j in chosen):
             chosen.append(int(i))
-    models = {a: load_checkpoint(p, torch.device("cpu"))[0] for a, p in checkpoints.items()}
+    models = {a: load_checkpoint(p, torch.device("cpu")) for a, p in checkpoints.items()}  # (model, state)
     columns = ["colour", "ground truth", *[f"{a} prediction" for a in arms]]
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(3.2 * len(columns), 2.5 * len(chosen) + 0.8), squeeze=False)
 
-    def paint(label: np.ndarray) -> np.ndarray:
-        picture = np.zeros((*label.shape, 3), np.uint8)
-        valid = label < len(palette)
-        picture[valid] = palette[label[valid]]
-        return picture
-
     for row, i in enumerate(chosen):
-        label = full[i].nn()
-        panels = [full[i].image, paint(label)]
-        image = torch.from_numpy(np.ascontiguousarray(small[i].image)).permute(2, 0, 1)[None].float()
-        with torch.no_grad():
-            for arm in arms:
-                logits = models[arm](normalise(image))
-                upsampled = F.interpolate(logits, size=label.shape, mode="bilinear", align_corners=False)
-                panels.append(paint(upsampled[0].argmax(0).numpy().astype(np.uint8)))
+        image, label = full[i].image, full[i].nn()
+        panels = [image, colourise(label, palette)]
+        with torch.no_grad():  # what `softprep-train predict` draws: resized with the colour kernel, logits upsampled
+            panels += [colourise(predict_image(*models[arm], image), palette) for arm in arms]
         for col, panel in enumerate(panels):
             ax = axes[row][col]
             ax.imshow(panel)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from softprep_train.data import IGNORE
+from softprep.softlabel import IGNORE_INDEX
 
 SINGLE_CLASS_EPS = 1e-3
 
@@ -53,9 +53,9 @@ def kl_loss(logits: torch.Tensor, target: torch.Tensor, mc: bool = True,
 def ce_nn_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy on hard NN labels ``(B, h, w) int64`` (255 = ignore): the usual baseline."""
     weight = class_weights.to(logits.device, torch.float32) if class_weights is not None else None
-    if not (labels != IGNORE).any():
+    if not (labels != IGNORE_INDEX).any():
         return logits.sum() * 0.0
-    return F.cross_entropy(_at_least_float32(logits), labels, weight=weight, ignore_index=IGNORE)
+    return F.cross_entropy(_at_least_float32(logits), labels, weight=weight, ignore_index=IGNORE_INDEX)
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,8 @@ def test_arms_stores_must_share_every_colour_image(demo_root, tmp_path):
     from softprep.datasets import get_dataset
     from softprep.errors import SoftprepError
     from softprep.store import open_store
-    from softprep_train.experiment import Settings, _check_same_colour
+    from softprep_train.experiment import _check_same_colour
+    from softprep_train.protocol import Settings
 
     dataset = get_dataset("cityscapes", str(demo_root))
     stores = {kernel: tmp_path / f"{kernel}.zarr" for kernel in ("area", "bilinear")}
@@ -130,7 +131,7 @@ def test_help_states_the_default_protocol_from_the_settings():
     from click.testing import CliRunner
 
     from softprep_train.cli import main
-    from softprep_train.experiment import Settings, per_scale_text
+    from softprep_train.protocol import Settings, per_scale_text
 
     assert per_scale_text({"0.125": 90, "0.25": 30}) == "90 at 1/8; 30 at 1/4"
     defaults = Settings("root", "out")

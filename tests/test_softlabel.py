@@ -8,7 +8,7 @@ import pytest
 from softprep.kernels import axis_weights
 from softprep.plan import parse_target
 from softprep.resample import soft_label
-from softprep.softlabel import EMPTY, MIXED, pack, unpack
+from softprep.softlabel import IGNORE_INDEX, MIXED, pack, unpack
 from tests.conftest import blobby_labels, one_hot
 
 
@@ -37,10 +37,10 @@ def test_ignore_only_regions_are_fully_ignored():
     label[:16, :16] = 255  # top-left quadrant unlabelled
     wy, wx = weights_for("area", label.shape, 0.25)
     soft = soft_label(label, wy, wx, 5)
-    assert (soft.classes[:, :4, :4] == EMPTY).all()
+    assert (soft.classes[:, :4, :4] == IGNORE_INDEX).all()
     assert (soft.weights[:, :4, :4] == 0).all()
     assert (soft.dense()[:, :4, :4] == 0).all()
-    assert (soft.argmax()[:4, :4] == EMPTY).all()
+    assert (soft.argmax()[:4, :4] == IGNORE_INDEX).all()
     assert (soft.dense()[3, 4:, 4:] == 1).all()
 
 

@@ -100,7 +100,7 @@ def test_recorded_statistics_match_pixels(demo_root, demo_store):
 def test_read_with_bare_zarr_per_store_format(demo_store):
     """Run the recipe of docs/store-format.md verbatim: zarr + numpy only."""
     text = (ROOT / "docs" / "store-format.md").read_text()
-    recipe = re.search(r"```python\n(.*?)```", text, re.S).group(1).replace("STORE.zarr", str(demo_store))
+    recipe = re.search(r"```python\n(.*?)```", text, re.S).group(1).replace("\nn = 0 ", "\n").replace("STORE.zarr", str(demo_store))
     view = open_store(demo_store).samples("train", SCALES[0])
     for n in range(len(view)):
         namespace = {"n": n}

@@ -14,7 +14,8 @@ from softprep import open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
 from softprep.plan import plan_for_size
-from softprep_train.data import IGNORE, Augment, StoreDataset, TrainSampler, axis_taps, collate, densify, finish_sample, taps_to_matrix, to_device
+from softprep.softlabel import IGNORE_INDEX
+from softprep_train.data import Augment, StoreDataset, TrainSampler, axis_taps, collate, densify, finish_sample, taps_to_matrix, to_device
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_augmented_sample_pairs_colour_and_labels_and_pads_with_ignore(store):
         padded_rows = (raw["row_weight"].sum(1) == 0).numpy()
         padded_cols = (raw["col_weight"].sum(1) == 0).numpy()
         padding = padded_rows[:, None] | padded_cols[None, :]
-        assert (sums.numpy()[padding] == 0).all() and (item["nn"].numpy()[padding] == IGNORE).all()
+        assert (sums.numpy()[padding] == 0).all() and (item["nn"].numpy()[padding] == IGNORE_INDEX).all()
         assert (item["image"].numpy()[:, padding] == 0).all()
         # the soft label and the colour went through the same matrices
         assert raw["classes"].shape[1:] == raw["image"].shape[:2]
@@ -161,7 +162,7 @@ def _torch_hard(source: torch.Tensor, size, start, crop, flip: bool, mode: str) 
     """torch's ``mode`` resize of a hard map, then the crop (ignore padding) and flip."""
     resized = F.interpolate(source[None, None].float(), size=size, mode=mode)[0, 0].long()
     (top, left), (h, w) = start, crop
-    padded = F.pad(resized, (0, max(0, left + w - size[1]), 0, max(0, top + h - size[0])), value=IGNORE)
+    padded = F.pad(resized, (0, max(0, left + w - size[1]), 0, max(0, top + h - size[0])), value=IGNORE_INDEX)
     out = padded[top:top + h, left:left + w]
     return out.flip(1) if flip else out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from softprep.datasets.base import StemPairedDataset, lookup_table
+from softprep.datasets.base import IGNORE_INDEX, StemPairedDataset, lookup_table
 
 #: The 150 SceneParsing classes (objectInfo150), index = train id, with the colours of the
 #: benchmark's visualisation palette.
@@ -58,7 +58,7 @@ CLASSES = (
 #: Store split name -> the official folder name.
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
 
-_LUT = lookup_table({0: 255, **{raw: raw - 1 for raw in range(1, len(CLASSES) + 1)}})
+_LUT = lookup_table({0: IGNORE_INDEX, **{raw: raw - 1 for raw in range(1, len(CLASSES) + 1)}})
 
 
 class ADE20K(StemPairedDataset):

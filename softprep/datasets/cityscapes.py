@@ -24,12 +24,11 @@ CLASSES = (
     ("train", (0, 80, 100)), ("motorcycle", (0, 0, 230)), ("bicycle", (119, 11, 32)),
 )
 
-#: Official label id (0..33) -> train id (255 = ignore), from cityscapesScripts' labels.py.
+#: Official label id (0..33) -> train id (IGNORE_INDEX: not evaluated), from cityscapesScripts' labels.py.
 LABEL_ID_TO_TRAIN_ID = {
-    0: 255, 1: 255, 2: 255, 3: 255, 4: 255, 5: 255, 6: 255, 7: 0, 8: 1, 9: 255, 10: 255,
-    11: 2, 12: 3, 13: 4, 14: 255, 15: 255, 16: 255, 17: 5, 18: 255, 19: 6, 20: 7, 21: 8,
-    22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 29: 255, 30: 255, 31: 16,
-    32: 17, 33: 18,
+    **{label_id: IGNORE_INDEX for label_id in (0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30)},
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
+    28: 15, 31: 16, 32: 17, 33: 18,
 }
 
 #: Ids for writing Cityscapes-layout label maps (the demo): class name -> label id.

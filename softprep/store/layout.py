@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 
-from softprep.plan import ResamplingPlan, parse_target, resampling_plan, target_name  # noqa: F401 - target_name re-exported
+from softprep.plan import ResamplingPlan, Target, resampling_plan, target_name  # noqa: F401 - target_name re-exported
 from softprep.softlabel import weight_dtype
 
 FORMAT = "softprep-store"
@@ -52,7 +52,7 @@ def bucket_of(height: int, width: int) -> str:
     return f"{_grid(height)}x{_grid(width)}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitSpec:
     """The images of one split. ``sizes`` are full-resolution ``[H, W]``; paths are relative to the root;
     ``label_digests`` identify each label file's bytes (:func:`softprep.datasets.base.file_digest`;
@@ -121,9 +121,13 @@ class Task:
     indices: tuple[int, ...]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StoreSpec:
-    """Everything that defines a store's content; two builds with equal specs write equal stores."""
+    """Everything that defines a store's content; two builds with equal specs write equal stores.
+
+    Frozen and typed: a target is a :class:`~softprep.plan.Target` from the command line to the
+    written chunk; its name appears only where metadata is written or read (:meth:`root_attrs`,
+    group names: :attr:`target_names`)."""
 
     dataset: str
     classes: list[str]
@@ -131,11 +135,21 @@ class StoreSpec:
     ignore_index: int
     kernel: str
     antialias: bool
-    targets: list[str]
+    targets: tuple[Target, ...]
     shard_size: int
     splits: dict[str, SplitSpec] = field(default_factory=dict)
     #: Kernel of the colour images when it differs from the labels' ``kernel`` (the paper's Table IV).
     image_kernel: str | None = None
+
+    @property
+    def target_names(self) -> list[str]:
+        """The targets' canonical names, also their group names: ``["0.125", "short512"]``."""
+        return [t.name for t in self.targets]
+
+    def describe(self) -> dict:
+        """The spec as plain values (targets by name): what two builds compare, and what a refusal shows."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("targets", "splits")},
+                "targets": self.target_names, "splits": {name: asdict(split) for name, split in self.splits.items()}}
 
     @property
     def num_classes(self) -> int:
@@ -150,7 +164,8 @@ class StoreSpec:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self.dataset,
             "classes": self.classes, "palette": self.palette, "ignore_index": self.ignore_index,
-            "kernel": self.kernel, "image_kernel": self.colour_kernel, "antialias": self.antialias, "targets": self.targets,
+            "kernel": self.kernel, "image_kernel": self.colour_kernel, "antialias": self.antialias,
+            "targets": self.target_names,
             "nn_rule": NN_RULE[FORMAT_VERSION],
             "splits": list(self.splits), "shard_size": self.shard_size, "complete": complete,
         }
@@ -178,7 +193,7 @@ class StoreSpec:
         first = self.splits[split].members[bucket][0]
         h, w = self.splits[split].sizes[first]
         cell = (_grid(h), _grid(w))
-        pixels = sum(math.prod(parse_target(t).output_size(*cell)) for t in self.targets)
+        pixels = sum(math.prod(t.output_size(*cell)) for t in self.targets)
         return max(1, min(self.shard_size, SHARD_PIXEL_BUDGET // max(pixels, 1)))
 
     def tasks(self, split: str) -> list[Task]:

@@ -14,6 +14,7 @@ import zarr
 from softprep.errors import SoftprepError, printable
 from softprep.location import is_remote, location
 from softprep.softlabel import MIXED, PackedSoftLabel, SoftLabel, unpack
+from softprep.plan import parse_target
 from softprep.store.layout import FORMAT, NN_RULE, READABLE_FORMATS, SplitSpec, StoreSpec, target_name
 
 def shard_file(array, position: int, store_path: str | Path) -> Path:
@@ -156,8 +157,9 @@ class Store:
     def spec(self) -> StoreSpec:
         a = self.attrs
         splits = {s: self._split_spec(s) for s in a["splits"]}
-        return StoreSpec(a["dataset"], a["classes"], a["palette"], a["ignore_index"], a["kernel"],
-                         a["antialias"], a["targets"], a["shard_size"], splits, a.get("image_kernel", a["kernel"]))
+        return StoreSpec(a["dataset"], a["classes"], a["palette"], a["ignore_index"], a["kernel"], a["antialias"],
+                         tuple(parse_target(t) for t in a["targets"]), a["shard_size"], splits,
+                         a.get("image_kernel", a["kernel"]))
 
     def _split_spec(self, split: str) -> SplitSpec:
         """A split's spec, its per-image lists bounded by the image count its ``done`` array declares

@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from softprep.softlabel import EMPTY, PackedSoftLabel, SoftLabel, pack, unpack
+from softprep.softlabel import IGNORE_INDEX, PackedSoftLabel, SoftLabel, pack, unpack
 from softprep.store.layout import (FORMAT, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN, LIST_CHUNK_SHARE, RECORD_CHUNK, ZSTD_LEVEL, BucketLayout,
                                    SplitSpec, StoreSpec, Task, map_arrays)
 
@@ -53,7 +53,7 @@ def _create_store(path: str | Path, spec: StoreSpec) -> None:
         group = root.create_group(split, attributes=split_spec.attrs())
         _record_array(group, "counts", (n, c), "int64")
         _record_array(group, "done", (n,), "uint8")
-        for target in spec.targets:
+        for target in spec.target_names:
             tg = group.create_group(target, attributes={"target": target})
             plans = [spec.plan(split, i, target) for i in range(n)]
             _record_array(tg, "sizes", (n, 2), "int32")[:] = np.array([p.size for p in plans], dtype=np.int32).reshape(n, 2)
@@ -77,10 +77,10 @@ def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
                        dtype="uint8", fill_value=0, **chunk_codecs(IMAGE_ZSTD_LEVEL))
     for name in map_arrays(layout.nn_floor):
         group.create_array(name, shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
-                           dtype="uint8", fill_value=EMPTY, **chunk_codecs())
+                           dtype="uint8", fill_value=IGNORE_INDEX, **chunk_codecs())
     chunk = min(h * w, max(LIST_CHUNK_MIN, -(-h * w // LIST_CHUNK_SHARE)))
     length = -(-h * w // chunk) * chunk  # whole chunks: a shard is a whole number of chunks
-    for name, dtype, fill in (("mixed_classes", "uint8", EMPTY), ("mixed_weights", layout.weights_dtype, 0)):
+    for name, dtype, fill in (("mixed_classes", "uint8", IGNORE_INDEX), ("mixed_weights", layout.weights_dtype, 0)):
         group.create_array(name, shape=(n, k, length), chunks=(1, k, chunk), shards=(shard, k, length),
                            dtype=dtype, fill_value=fill, **chunk_codecs())
 
@@ -138,13 +138,13 @@ def write_shard(path: str | Path, spec: StoreSpec, task: Task, results: list[Sam
 
 def _write_shard(root, spec: StoreSpec, task: Task, results: list[SampleResult]) -> None:
     start, stop = task.start, task.start + len(results)
-    for target in spec.targets:
+    for target in spec.target_names:
         bucket = root[task.split][target][task.bucket]
         per_image = [r.targets[target] for r in results]
         _, h, w = bucket["classes"].shape
         packed = [_as_stored(s.soft, bucket["mixed_weights"].dtype) for s in per_image]
         image = np.zeros((len(results), h, w, 3), np.uint8)
-        maps = {name: np.full((len(results), h, w), EMPTY, np.uint8) for name in ("classes", "nn", "nn_floor")}
+        maps = {name: np.full((len(results), h, w), IGNORE_INDEX, np.uint8) for name in ("classes", "nn", "nn_floor")}
         for i, (s, p) in enumerate(zip(per_image, packed)):
             hh, ww = s.nn.shape
             image[i, :hh, :ww] = s.image
@@ -170,7 +170,7 @@ def _write_lists(bucket, start: int, packed: list[PackedSoftLabel]) -> None:
     if not longest:
         return
     used = max(p.mixed_classes.shape[0] for p in packed)
-    classes = np.full((len(packed), used, longest), EMPTY, np.uint8)
+    classes = np.full((len(packed), used, longest), IGNORE_INDEX, np.uint8)
     weights = np.zeros((len(packed), used, longest), bucket["mixed_weights"].dtype)
     for i, p in enumerate(packed):
         k, m = p.mixed_classes.shape
