@@ -230,6 +230,8 @@ def verify(store, root, jobs):
     if problems:
         click.echo(f"{store}: {len(problems)} problem(s)", err=True)
         sys.exit(1)
+    from softprep.verify import checked_summary
+
     click.echo(f"{store}: ok ({checked_summary(store, root)})")
 
 
@@ -285,19 +287,6 @@ def audit(dataset, root, split, scales, rules, transform, limit, fmt, plot, jobs
     click.echo(render_audit(report, fmt), nl=False)
     if plot:
         click.echo(f"wrote {plot_audit(report, plot)}", err=True)
-
-
-def checked_summary(path, root) -> str:
-    """What a passing ``verify`` read: images, targets, chunk files, statistics."""
-    from softprep.location import is_remote
-    from softprep.store import open_store
-
-    opened = open_store(path)
-    images = sum(len(opened.spec.splits[s].ids) for s in opened.splits)
-    chunks = 0 if is_remote(opened.path) else sum(1 for f in opened.path.rglob("*") if f.is_file() and f.name != "zarr.json")
-    files = f", {chunks} chunk files" if chunks else ""
-    return (f"{images} images x {len(opened.targets)} targets{files}: every chunk's crc32c, every recorded statistic"
-            + (", the full-resolution labels" if root else ""))
 
 
 def entry():

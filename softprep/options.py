@@ -143,12 +143,3 @@ def out_folder(help: str, required: bool = True):
 
 def jobs_option(help: str = "Worker processes (default: all cores).", default=None):
     return click.option("--jobs", "-j", type=int, default=default, show_default=default is not None, help=help)
-
-
-def device_option(function):
-    return click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")(function)
-
-
-def no_verify_option(function):
-    return click.option("--no-verify", is_flag=True,
-                        help="Load a checkpoint without softprep's checksum trailer (foreign weights).")(function)

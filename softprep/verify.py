@@ -27,6 +27,7 @@ from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.resample import prepare_label, soft_label
 from softprep.softlabel import IGNORE_INDEX, MIXED, PackedSoftLabel, SoftLabel, unpack
+from softprep.location import is_remote
 from softprep.store import Store, TargetView, attrs_digest, map_arrays, open_store, shard_file
 
 LIST_ARRAYS = ("mixed_classes", "mixed_weights")
@@ -330,3 +331,12 @@ def _why(error: Exception) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
     return f"{type(error).__name__}: {text}"[:160]
 
+
+def checked_summary(path, root) -> str:
+    """What a passing ``verify`` read: images, targets, chunk files, statistics."""
+    opened = open_store(path)
+    images = sum(len(opened.spec.splits[s].ids) for s in opened.splits)
+    chunks = 0 if is_remote(opened.path) else sum(1 for f in opened.path.rglob("*") if f.is_file() and f.name != "zarr.json")
+    files = f", {chunks} chunk files" if chunks else ""
+    return (f"{images} images x {len(opened.targets)} targets{files}: every chunk's crc32c, every recorded statistic"
+            + (", the full-resolution labels" if root else ""))

@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from softprep.errors import SoftprepError, install_hint
-from softprep.options import LOCATION, SIZE, OneLineErrors, dataset_choice, device_option, no_verify_option, out_folder
+from softprep.options import LOCATION, SIZE, OneLineErrors, dataset_choice, out_folder
 from softprep_train.config import NN_SAMPLINGS, TrainConfig, default
 from softprep_train.protocol import DEFAULT_ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, per_scale_text
 
@@ -22,6 +22,15 @@ try:  # the registries name --model's and --loss's choices; without torch, entry
     from softprep_train.models import MODELS
 except ImportError:
     MODELS, LOSSES = {}, {}
+
+
+def device_option(function):
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")(function)
+
+
+def no_verify_option(function):
+    return click.option("--no-verify", is_flag=True,
+                        help="Load a checkpoint without softprep's checksum trailer (foreign weights).")(function)
 
 
 class _Group(OneLineErrors):

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -152,9 +152,64 @@ def fit(config: TrainConfig, progress: bool = True, on_epoch: Callable[[int, tor
 
 
 def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
-    config.scale = target_name(config.scale)
+    run = _set_up(config, progress)
+    return run if isinstance(run, dict) else _train(run, progress, on_epoch)
+
+
+@dataclass
+class _Run:
+    """What the set-up prepares and the loop trains: the settings, where the run lives, its data,
+    model and optimiser, and how far it got (``iteration``, the run's first and latest losses)."""
+
+    config: TrainConfig
+    out: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    store: object  # softprep.store.Store
+    crop: tuple[int, int]
+    densify: str
+    batches_per_epoch: int
+    total: int
+    class_weights: torch.Tensor | None
+    model: torch.nn.Module
+    trained: torch.nn.Module  # the model, wrapped for DDP when distributed
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp: str
+    amp_dtype: torch.dtype | None
+    loader: DataLoader
+    iteration: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pt"
+
+    def checkpoint(self) -> None:
+        """Save the run where it is to ``last.pt`` (rank 0; atomic)."""
+        if self.rank != 0:
+            return
+        spec = self.store.spec
+        save_checkpoint(self.last, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration, "config": asdict(self.config), "classes": self.store.classes,
+            "dataset": spec.dataset, "palette": spec.palette, "kernel": spec.kernel, "antialias": spec.antialias,
+            # the whole store spec it trained on (label and colour kernels, targets): what predict resamples with
+            "store_spec": spec.root_attrs(complete=True),
+            "num_classes": spec.num_classes, "crop": list(self.crop),
+            # the run's first and latest losses: a summary written after a resume covers the whole run
+            "first_loss": self.first_loss, "last_loss": self.last_loss,
+        })
+
+
+def _set_up(config: TrainConfig, progress: bool) -> "_Run | dict":
+    """Everything before the first step: the settings in canonical form (a new config: the caller's
+    is not changed), the distributed group, the run folder, data, model, optimiser, and a checkpoint
+    to resume from. Returns the finished run's summary instead when ``--resume`` finds nothing left."""
     store = location(config.store)  # the same store by any path compares equal on --resume
-    config.store = str(store if is_remote(store) else store.resolve())
+    config = replace(config, scale=target_name(config.scale), store=str(store if is_remote(store) else store.resolve()))
     # --- distributed set-up (torchrun sets these variables) ---
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -220,21 +275,15 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
                         prefetch_factor=4 if config.workers > 0 else None)
+    return _Run(config, out, rank, world_size, device, store, crop, densify, batches_per_epoch, total, class_weights,
+                model, trained, optimizer, scaler, amp, amp_dtype, loader, iteration, first_loss, last_loss)
 
-    def checkpoint(path: Path) -> None:
-        if rank == 0:
-            save_checkpoint(path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "iteration": iteration, "config": asdict(config), "classes": store.classes, "dataset": spec.dataset,
-                "palette": spec.palette, "kernel": spec.kernel, "antialias": spec.antialias,
-                # the whole store spec it trained on (label and colour kernels, targets): what predict resamples with
-                "store_spec": spec.root_attrs(complete=True),
-                "num_classes": num_classes, "crop": list(crop),
-                # the run's first and latest losses: a summary written after a resume covers the whole run
-                "first_loss": first_loss, "last_loss": last_loss,
-            })
 
-    # --- the loop ---
+def _train(run: _Run, progress: bool, on_epoch) -> dict:
+    """The loop, from ``run.iteration`` to the end (or ``--stop-at``, or a signal), then the summary."""
+    config, rank, world_size, device, model, trained = run.config, run.rank, run.world_size, run.device, run.model, run.trained
+    optimizer, scaler, amp_dtype, total, crop, last = run.optimizer, run.scaler, run.amp_dtype, run.total, run.crop, run.last
+    iteration, num_classes, out = run.iteration, run.store.spec.num_classes, run.out
     piped = progress and rank == 0 and not sys.stdout.isatty()  # a plain line per log window instead of a bar
     if progress and rank == 0:
         note = " (slow on a CPU: try --model hrnetv2_w18_small or fewer --iters)" if (
@@ -246,7 +295,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
     log = open(out / ("log.jsonl" if rank == 0 else f"log.rank{rank}.jsonl"), "a")
     bar = tqdm(total=total, initial=iteration, desc="fit", unit="it", disable=None if progress and rank == 0 else True)
     start, wait, window_images, window_start, losses = time.perf_counter(), 0.0, 0, time.perf_counter(), []
-    batches = iter(loader)
+    batches = iter(run.loader)
     trained.train()
     stop = min(total, config.stop_at or total)
     with _StopSignals() as signals:
@@ -264,7 +313,7 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = trained(normalise(batch["image"]))
-            loss = LOSSES[config.loss](logits, batch, config, class_weights)
+            loss = LOSSES[config.loss](logits, batch, config, run.class_weights)
             if not torch.isfinite(loss):
                 raise SoftprepError(f"loss is {loss.item()} at iteration {iteration} (lr {lr:.3g}); lower --lr, add "
                                     f"--clip-grad or --warmup-iters; the last good checkpoint is {last}")
@@ -275,10 +324,10 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
             scaler.step(optimizer)
             scaler.update()
-            iteration += 1
+            iteration = run.iteration = iteration + 1
             losses.append(loss.item())
-            first_loss = losses[0] if first_loss is None else first_loss
-            last_loss = losses[-1]
+            run.first_loss = losses[0] if run.first_loss is None else run.first_loss
+            run.last_loss = losses[-1]
             window_images += batch["image"].shape[0] * world_size
             bar.update(1)
             if iteration % config.log_every == 0 or iteration == stop:
@@ -295,26 +344,26 @@ def _fit(config: TrainConfig, progress: bool, on_epoch) -> dict:
                           flush=True)
                 window_images, window_start, wait = 0, now, 0.0
             if iteration % config.checkpoint_every == 0 and iteration < stop:
-                checkpoint(last)
-            if on_epoch is not None and rank == 0 and iteration % batches_per_epoch == 0:
+                run.checkpoint()
+            if on_epoch is not None and rank == 0 and iteration % run.batches_per_epoch == 0:
                 trained.eval()
-                on_epoch(iteration // batches_per_epoch, model)
+                on_epoch(iteration // run.batches_per_epoch, model)
                 trained.train()
     bar.close()
     if signals.received:
-        checkpoint(last)
+        run.checkpoint()
         log.close()
         raise SoftprepError(f"{signals.received} at iteration {iteration}: checkpoint {last} written; continue with the "
                             "same command plus --resume")
     if world_size > 1:  # BN running statistics drift per rank on CPU (no SyncBatchNorm there): keep rank 0's
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
-    checkpoint(last)
+    run.checkpoint()
     seconds = time.perf_counter() - start
     summary = {"rank": rank, "world_size": world_size, "iterations": iteration, "seconds": seconds,
-               "final_loss": last_loss, "first_loss": first_loss,
-               "weights_sha256": weights_digest(model), "checkpoint": str(last), "device": str(device), "amp": amp,
-               "densify": densify}
+               "final_loss": run.last_loss, "first_loss": run.first_loss,
+               "weights_sha256": weights_digest(model), "checkpoint": str(last), "device": str(device), "amp": run.amp,
+               "densify": run.densify}
     if device.type == "cuda":
         summary["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     (out / ("summary.json" if rank == 0 else f"summary.rank{rank}.json")).write_text(json.dumps(summary, indent=2))
