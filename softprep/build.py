@@ -23,7 +23,7 @@ from softprep.kernels import DEFAULT_KERNEL, KERNELS
 from softprep.location import is_remote, location
 from softprep.parallel import default_jobs, die_with_parent, run_tasks, stop_if_orphaned
 from softprep.plan import ResamplingPlan, Target, parse_targets
-from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label
+from softprep.resample import nearest_labels, prepare_label, resample_axes, resize_image, soft_label_axes
 from softprep.softlabel import pack
 from softprep.store import (
     DEFAULT_SHARD_SIZE, RESERVED_SUFFIXES, SampleRecords, SampleResult, StoreSpec, Task, TargetResult,
@@ -38,11 +38,11 @@ from softprep.store.planning import (  # noqa: F401 - plan_store, split_spec, so
 
 def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans: dict[str, ResamplingPlan],
                    image_plans: dict[str, ResamplingPlan] | None = None) -> SampleResult:
-    """Colour image, soft label and NN label of one decoded pair at every planned target.
+    """Colour image, soft label and NN labels of one decoded pair at every planned target.
 
     Args:
-        image: ``(H, W, 3) uint8``.
-        label: ``(H, W) uint8`` train ids.
+        image: ``(H, W, 3) uint8`` (a volume: ``(X, Y, Z, C) float32`` intensities).
+        label: ``(H, W) uint8`` train ids (a volume: ``(X, Y, Z)``).
         plans: target name -> the image's :class:`ResamplingPlan` (``StoreSpec.plan``).
         image_plans: the colour image's plans when its kernel differs (``StoreSpec.image_plan``).
     """
@@ -50,14 +50,21 @@ def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans
     image_plans = image_plans or plans
     results = {
         target: TargetResult(
-            image=resize_image(image, image_plans[target].rows, image_plans[target].cols),
-            soft=pack(soft_label(prepared, plan.rows, plan.cols)),
-            nn=nearest_labels(label, plan.nearest_rows, plan.nearest_cols),
-            nn_floor=nearest_labels(label, plan.floor_rows, plan.floor_cols),
+            image=_resized(image, image_plans[target].axes),
+            soft=pack(soft_label_axes(prepared, plan.axes)),
+            nn=nearest_labels(label, *plan.nearest),
+            nn_floor=nearest_labels(label, *plan.floor),
         )
         for target, plan in plans.items()
     }
     return SampleResult(prepared.class_counts(), results)
+
+
+def _resized(image: np.ndarray, taps) -> np.ndarray:
+    """An image resampled with ``taps``: ``uint8`` colour rounded and clipped, float intensities kept as ``float32``."""
+    if image.dtype == np.uint8:
+        return resize_image(image, *taps) if len(taps) == 2 else np.clip(np.rint(resample_axes(image, taps)), 0, 255).astype(np.uint8)
+    return resample_axes(image.astype(np.float32, copy=False), taps).astype(np.float32, copy=False)
 
 
 def build_shard(store_path: str, dataset: Dataset, spec: StoreSpec, task: Task,

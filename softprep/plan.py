@@ -33,8 +33,10 @@ class Target:
     """A resolution request.
 
     Attributes:
-        kind: ``"scale"`` (factor), ``"short"`` (short side in px) or ``"fit"`` (box ``(h, w)`` in px).
-        value: the factor (float), the short side (int) or the box (``(h, w)`` ints).
+        kind: ``"scale"`` (factor), ``"short"`` (short side in px), ``"fit"`` (box ``(h, w)`` in px)
+            or ``"spacing"`` (a volume's voxel size in mm per axis).
+        value: the factor (float), the short side (int), the box (``(h, w)`` ints) or the spacing
+            (floats, one per axis).
     """
 
     kind: str
@@ -47,6 +49,8 @@ class Target:
             return repr(float(self.value))
         if self.kind == "short":
             return f"short{self.value}"
+        if self.kind == "spacing":
+            return "x".join(f"{v:g}" for v in self.value) + "mm"
         return f"fit{self.value[0]}x{self.value[1]}"
 
     def __str__(self) -> str:
@@ -57,15 +61,28 @@ class Target:
         """The scale factor of a ``scale`` target, else None."""
         return float(self.value) if self.kind == "scale" else None
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` for a full-resolution ``(height, width)``.
+    def output_size(self, *sides: int, spacing: tuple[float, ...] | None = None) -> tuple[int, ...]:
+        """The output size for a full-resolution size (``height, width``, or a volume's three sides).
 
         ``scale``: ``floor(side * factor)`` per axis (torch's ``scale_factor`` rule);
         ``short``: the short side becomes ``value``, the other rounded to keep the ratio;
-        ``fit``: the largest size inside the box with the same ratio (rounded), up or down.
+        ``fit``: the largest size inside the box with the same ratio (rounded), up or down;
+        ``spacing``: a volume's voxel size in mm per axis: ``round(side * spacing / value)`` voxels,
+        from the source's own ``spacing`` (mm per axis) (so the extent is kept; the exact output
+        spacing is ``side * spacing / size``).
         """
         if self.kind == "scale":
-            return max(1, math.floor(height * self.value)), max(1, math.floor(width * self.value))
+            return tuple(max(1, math.floor(side * self.value)) for side in sides)
+        if self.kind == "spacing":
+            if spacing is None:
+                raise SoftprepError(f"target {self.name}: a physical spacing needs the source's voxel size (a volume)")
+            wanted = self.value * len(sides) if len(self.value) == 1 else self.value  # "2mm": isotropic
+            if len(wanted) != len(sides):
+                raise SoftprepError(f"target {self.name}: {len(self.value)} spacings for a {len(sides)}-axis image")
+            return tuple(max(1, round(side * have / want)) for side, have, want in zip(sides, spacing, wanted))
+        if len(sides) != 2:
+            raise SoftprepError(f"target {self.name}: pixel targets are for images; use --spacing or --scales for volumes")
+        height, width = sides
         if self.kind == "short":
             ratio = self.value / min(height, width)
         else:
@@ -82,6 +99,15 @@ def parse_target(text: str | float | Target) -> Target:
     if isinstance(text, Target):
         return text
     raw = str(text).strip().lower()
+    spacing = re.fullmatch(r"([0-9.e+-]+(?:x[0-9.e+-]+)*)mm", raw)
+    if spacing:
+        try:
+            values = tuple(float(v) for v in spacing.group(1).split("x"))
+        except ValueError:
+            raise SoftprepError(f"spacing {text!r}: expected mm per axis, e.g. 2x2x2mm") from None
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise SoftprepError(f"spacing {text!r}: every value must be a finite number of mm > 0, e.g. 2x2x2mm")
+        return Target("spacing", values)
     short = re.fullmatch(r"short[:=]?(\d+)", raw)
     fit = re.fullmatch(r"fit[:=]?(\d+)x(\d+)", raw)
     if short:
@@ -123,49 +149,53 @@ def parse_targets(values) -> list[Target]:
     """
     words = [w for value in values for w in str(value).replace(",", " ").split()]
     targets = {parse_target(w).name: parse_target(w) for w in words}
-    order = {"scale": 0, "short": 1, "fit": 2}
+    order = {"scale": 0, "short": 1, "fit": 2, "spacing": 3}
     return sorted(targets.values(), key=lambda t: (order[t.kind], t.value))
 
 
 @dataclass(frozen=True)
 class ResamplingPlan:
-    """How one image of full-resolution ``source`` becomes ``size``.
+    """How one image of full-resolution ``source`` becomes ``size`` (a volume: three axes).
 
     Attributes:
-        source: ``(H, W)`` full-resolution size.
+        source: ``(H, W)`` full-resolution size (a volume: ``(X, Y, Z)``).
         size: ``(h, w)`` output size.
-        rows, cols: tap tables of the kernel, ``H -> h`` and ``W -> w`` (colour and soft label).
-        nearest_rows, nearest_cols: ``nearest-exact`` tables, the hard label aligned with the image
-            (pixel centres: the store's ``nn`` map).
-        floor_rows, floor_cols: torch ``nearest`` tables (what most pipelines do: ``nn_floor``).
+        axes: the kernel's tap table of each axis, ``H -> h``, ``W -> w`` (colour and soft label).
+        nearest: ``nearest-exact`` tables per axis, the hard label aligned with the image (pixel
+            centres: the store's ``nn`` map).
+        floor: torch ``nearest`` tables per axis (what most pipelines do: ``nn_floor``).
     """
 
-    source: tuple[int, int]
-    size: tuple[int, int]
-    rows: AxisWeights
-    cols: AxisWeights
-    nearest_rows: AxisWeights
-    nearest_cols: AxisWeights
-    floor_rows: AxisWeights
-    floor_cols: AxisWeights
+    source: tuple[int, ...]
+    size: tuple[int, ...]
+    axes: tuple[AxisWeights, ...]
+    nearest: tuple[AxisWeights, ...]
+    floor: tuple[AxisWeights, ...]
+
+    # an image's two axes by name
+    rows = property(lambda self: self.axes[0])
+    cols = property(lambda self: self.axes[1])
+    nearest_rows = property(lambda self: self.nearest[0])
+    nearest_cols = property(lambda self: self.nearest[1])
+    floor_rows = property(lambda self: self.floor[0])
+    floor_cols = property(lambda self: self.floor[1])
 
     @property
     def floor_differs(self) -> bool:
         """Whether torch ``nearest`` samples other pixels than ``nearest-exact`` (always, but at 1:1)."""
-        return not (np.array_equal(self.floor_rows.index, self.nearest_rows.index)
-                    and np.array_equal(self.floor_cols.index, self.nearest_cols.index))
+        return not all(np.array_equal(a.index, b.index) for a, b in zip(self.floor, self.nearest))
 
     @property
     def denominator(self) -> int | None:
-        """``D`` such that every 2-D weight times ``D`` is an integer, or None (float weights)."""
-        if self.rows.denominator is None or self.cols.denominator is None:
+        """``D`` such that every weight (a product of one per axis) times ``D`` is an integer, or None (float weights)."""
+        if any(t.denominator is None for t in self.axes):
             return None
-        return self.rows.denominator * self.cols.denominator
+        return math.prod(t.denominator for t in self.axes)
 
     @property
     def window(self) -> int:
         """Most source pixels one output pixel reads: an upper bound on its classes."""
-        return self.rows.taps * self.cols.taps
+        return math.prod(t.taps for t in self.axes)
 
     def max_classes(self, num_classes: int) -> int:
         """Soft-label slots this image can need: ``min(C, window)``."""
@@ -173,21 +203,22 @@ class ResamplingPlan:
 
 
 @lru_cache(maxsize=1024)
-def plan_for_size(kernel: str, antialias: bool, source: tuple[int, int], size: tuple[int, int]) -> ResamplingPlan:
-    """The plan resampling ``source (H, W)`` to an explicit ``size (h, w)`` (cached per process)."""
-    (height, width), (out_h, out_w) = source, size
-    if max(out_h, out_w) > MAX_OUTPUT_SIDE:
-        raise SoftprepError(f"output size {out_h}x{out_w} (HxW) from {height}x{width} exceeds {MAX_OUTPUT_SIDE} px a side; "
-                            "use a smaller scale")
+def plan_for_size(kernel: str, antialias: bool, source: tuple[int, ...], size: tuple[int, ...]) -> ResamplingPlan:
+    """The plan resampling ``source (H, W)`` (or ``(X, Y, Z)``) to an explicit ``size`` (cached per process)."""
+    if max(size) > MAX_OUTPUT_SIDE:
+        raise SoftprepError(f"output size {'x'.join(map(str, size))} from {'x'.join(map(str, source))} exceeds "
+                            f"{MAX_OUTPUT_SIDE} px a side; use a smaller scale")
     return ResamplingPlan(
-        source=(height, width), size=(out_h, out_w),
-        rows=axis_weights(kernel, height, out_h, antialias), cols=axis_weights(kernel, width, out_w, antialias),
-        nearest_rows=axis_weights("nearest-exact", height, out_h), nearest_cols=axis_weights("nearest-exact", width, out_w),
-        floor_rows=axis_weights("nearest", height, out_h), floor_cols=axis_weights("nearest", width, out_w),
+        source=tuple(source), size=tuple(size),
+        axes=tuple(axis_weights(kernel, n, m, antialias) for n, m in zip(source, size)),
+        nearest=tuple(axis_weights("nearest-exact", n, m) for n, m in zip(source, size)),
+        floor=tuple(axis_weights("nearest", n, m) for n, m in zip(source, size)),
     )
 
 
-def resampling_plan(kernel: str, antialias: bool, source: tuple[int, int], target: Target | str | float) -> ResamplingPlan:
-    """The plan of one full-resolution ``source (H, W)`` at ``target``."""
+def resampling_plan(kernel: str, antialias: bool, source: tuple[int, ...], target: Target | str | float,
+                    spacing: tuple[float, ...] | None = None) -> ResamplingPlan:
+    """The plan of one full-resolution ``source`` (``(H, W)``, or a volume's ``(X, Y, Z)`` with its
+    voxel ``spacing`` in mm for a physical target) at ``target``."""
     target = parse_target(target)
-    return plan_for_size(kernel, antialias, tuple(source), target.output_size(*source))
+    return plan_for_size(kernel, antialias, tuple(source), target.output_size(*source, spacing=spacing))

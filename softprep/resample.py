@@ -32,10 +32,18 @@ def resize_image(image: np.ndarray, wy: AxisWeights, wx: AxisWeights) -> np.ndar
     Returns:
         ``(H', W', 3) uint8``, rounded to nearest (ties to even) and clipped to [0, 255].
     """
-    both = _apply_taps(_apply_taps(image, wy, axis=0), wx, axis=1)
+    both = resample_axes(image, (wy, wx))
     np.rint(both, out=both)
     np.clip(both, 0, 255, out=both)
     return both.astype(np.uint8)
+
+
+def resample_axes(array: np.ndarray, taps) -> np.ndarray:
+    """``float32`` resampling of the leading ``len(taps)`` axes of ``array`` (an image's two, a volume's
+    three; trailing axes such as channels are carried), one axis after another by its tap table."""
+    for axis, table in enumerate(taps):
+        array = _apply_taps(array, table, axis=axis)
+    return array
 
 
 def _apply_taps(array: np.ndarray, taps: AxisWeights, axis: int) -> np.ndarray:
@@ -63,10 +71,10 @@ def _apply_taps(array: np.ndarray, taps: AxisWeights, axis: int) -> np.ndarray:
     return out.reshape(*array.shape[:axis], taps.out_size, *array.shape[axis + 1:])
 
 
-def nearest_labels(label: np.ndarray, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:
-    """``(H', W')`` label map sampled at the first tap of each axis (for ``nearest`` tables:
-    torch's ``mode="nearest"``)."""
-    return label[np.ix_(wy.index[:, 0], wx.index[:, 0])]
+def nearest_labels(label: np.ndarray, *taps: AxisWeights) -> np.ndarray:
+    """``(H', W')`` label map (any number of axes, one table each) sampled at the first tap of each
+    axis: ``nearest`` tables give torch's ``mode="nearest"``, ``nearest-exact`` ones its centred rule."""
+    return label[np.ix_(*(t.index[:, 0] for t in taps))]
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,8 @@ class PreparedLabel:
 def prepare_label(label: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> PreparedLabel:
     """Validate ``label`` (``(H, W) uint8`` train ids, ``ignore_index`` for unlabelled) and
     precompute what every scale needs."""
-    if label.ndim != 2:
-        raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
+    if label.ndim not in (2, 3):
+        raise ValueError(f"label map must be 2-D (H, W) or 3-D (X, Y, Z), got shape {label.shape}")
     if num_classes > MAX_CLASSES:
         raise ValueError(f"at most {MAX_CLASSES} classes are supported, got {num_classes}")
     ignored = label == ignore_index
@@ -130,73 +138,82 @@ def soft_label(
     Returns:
         :class:`SoftLabel` of shape ``(H', W')``; exact integer weights when both tables are exact.
     """
+    return soft_label_axes(label, (wy, wx), num_classes, ignore_index)
+
+
+def soft_label_axes(label: np.ndarray | PreparedLabel, taps, num_classes: int | None = None,
+                    ignore_index: int = IGNORE_INDEX) -> SoftLabel:
+    """:func:`soft_label` for a label map of any number of axes (a volume: ``(X, Y, Z) uint8``), one
+    tap table per axis: the weight of a source voxel in an output voxel is the product of its axes'
+    weights, so area soft labels are the exact partial volume of each class.
+
+    Returns:
+        :class:`SoftLabel` of shape ``tuple(t.out_size for t in taps)``.
+    """
     if not isinstance(label, PreparedLabel):
         if num_classes is None:
             raise TypeError("num_classes is required with a raw label map")
         label = prepare_label(label, num_classes, ignore_index)
     codes, void = label.codes, label.num_classes
-    shape = (wy.out_size, wx.out_size)
-    pure = _single_class_pixels(label, wy, wx)
+    if codes.ndim != len(taps):
+        raise ValueError(f"a {codes.ndim}-axis label map needs {codes.ndim} tap tables, got {len(taps)}")
+    shape = tuple(t.out_size for t in taps)
+    pure = _single_class_pixels(codes, taps)
 
-    exact = wy.denominator is not None and wx.denominator is not None
-    denominator = wy.denominator * wx.denominator if exact else None
+    exact = all(t.denominator is not None for t in taps)
+    denominator = int(np.prod([t.denominator for t in taps])) if exact else None
 
-    pure_class = codes[wy.index[:, 0]][:, wx.index[:, 0]]
+    pure_class = codes[np.ix_(*(t.index[:, 0] for t in taps))]
     pure_class[pure_class == void] = IGNORE_INDEX
 
     mixed_index = np.flatnonzero(~pure)
-    mass = _mixed_class_mass(codes, void, mixed_index, shape, wy, wx, exact)
+    mass = _mixed_class_mass(codes, void, mixed_index, shape, taps, exact)
     return from_sparse_rows(pure_class, denominator if exact else 1.0, mixed_index, mass, void, denominator)
 
 
-def _single_class_pixels(label: PreparedLabel, wy: AxisWeights, wx: AxisWeights) -> np.ndarray:
-    """``(H', W') bool``: True where every source pixel in the kernel window has the same code.
+def _single_class_pixels(codes: np.ndarray, taps) -> np.ndarray:
+    """``bool`` of the output shape: True where every source pixel in the kernel window has the same code.
 
     Conservative: a window is the index range ``[min tap, max tap]`` of each axis. A window is
-    single-class iff its smallest and largest code agree; both are reduced rows first, then columns
-    (on the transposed, already short map, so every gather takes whole contiguous rows).
+    single-class iff its smallest and largest code agree; both are reduced one axis after another,
+    each brought to the front first (contiguous), so every gather takes whole contiguous rows.
     """
-    low, high = _window_extremes(label.codes, wy)  # (H', W)
-    low = _window_extremes(np.ascontiguousarray(low.T), wx)[0]  # (W', H')
-    high = _window_extremes(np.ascontiguousarray(high.T), wx)[1]
-    return (low == high).T
+    low = high = codes
+    for axis, table in enumerate(taps):
+        low = np.moveaxis(_window_reduce(np.ascontiguousarray(np.moveaxis(low, axis, 0)), table, np.minimum), 0, axis)
+        high = np.moveaxis(_window_reduce(np.ascontiguousarray(np.moveaxis(high, axis, 0)), table, np.maximum), 0, axis)
+    return low == high
 
 
-def _window_extremes(rows: np.ndarray, taps: AxisWeights) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest and largest value of ``rows`` (``(N, X)``) over each output's row window:
-    two ``(taps.out_size, X)`` arrays of ``rows.dtype``."""
+def _window_reduce(rows: np.ndarray, taps: AxisWeights, reduce) -> np.ndarray:
+    """``reduce`` (``np.minimum`` or ``np.maximum``) of ``rows`` (``(N, ...)``) over each output's
+    window along axis 0: a ``(taps.out_size, ...)`` array of ``rows.dtype``."""
     first, last = taps.index.min(axis=1), taps.index.max(axis=1)
-    low = rows[first]
-    high = low.copy()
+    out = rows[first]
     for offset in range(1, int((last - first).max(initial=0)) + 1):
-        row = rows[np.minimum(first + offset, last)]
-        np.minimum(low, row, out=low)
-        np.maximum(high, row, out=high)
-    return low, high
+        reduce(out, rows[np.minimum(first + offset, last)], out=out)
+    return out
 
 
-def _mixed_class_mass(
-    codes: np.ndarray,
-    void: int,
-    mixed_index: np.ndarray,
-    shape: tuple[int, int],
-    wy: AxisWeights,
-    wx: AxisWeights,
-    exact: bool,
-) -> np.ndarray:
+def _mixed_class_mass(codes: np.ndarray, void: int, mixed_index: np.ndarray, shape: tuple[int, ...], taps,
+                      exact: bool) -> np.ndarray:
     """``(M, C)`` class weights of the multi-class pixels (integer numerators when ``exact``)."""
-    u, v = np.divmod(mixed_index, shape[1])
-    window = codes[wy.index[u][:, :, None], wx.index[v][:, None, :]]  # (M, Ty, Tx)
-    if exact:
-        weight = wy.int_weight()[u][:, :, None] * wx.int_weight()[v][:, None, :]
-    else:
-        weight = wy.weight[u][:, :, None] * wx.weight[v][:, None, :]
-    bins = np.arange(len(u))[:, None, None] * (void + 1) + window
-    mass = np.bincount(bins.ravel(), weights=weight.ravel().astype(np.float64), minlength=len(u) * (void + 1))
-    mass = mass.reshape(len(u), void + 1)[:, :void]
+    coords = np.unravel_index(mixed_index, shape)
+    n = len(taps)
+    index, weight = [], None
+    for axis, (table, coord) in enumerate(zip(taps, coords)):
+        view = (slice(None),) + tuple(slice(None) if k == axis else None for k in range(n))  # (M, 1.., T, ..1)
+        index.append(table.index[coord][view])
+        axis_weight = (table.int_weight() if exact else table.weight)[coord][view]
+        weight = axis_weight if weight is None else weight * axis_weight
+    window = codes[tuple(index)]  # (M, T0, T1, ...)
+    weight = np.broadcast_to(weight, window.shape)
+    bins = np.arange(len(mixed_index)).reshape((-1,) + (1,) * n) * (void + 1) + window
+    mass = np.bincount(bins.ravel(), weights=weight.ravel().astype(np.float64), minlength=len(mixed_index) * (void + 1))
+    mass = mass.reshape(len(mixed_index), void + 1)[:, :void]
     if exact:
         return np.rint(mass).astype(np.int64)
-    if (wy.weight < 0).any() or (wx.weight < 0).any():
+    if any((table.weight < 0).any() for table in taps):
         mass = _clamp_to_distribution(mass)
     return mass
 

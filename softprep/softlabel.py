@@ -1,6 +1,7 @@
 """The soft-label value: a sparse per-pixel class distribution, and its dense / hard views.
 
-A soft label at ``(H', W')`` is stored as ``K`` *planes* of ``(class, weight)`` pairs per pixel,
+A soft label at ``(H', W')`` (or any number of axes: ``(X', Y', Z')`` for a volume; "pixel" below
+means voxel there) is stored as ``K`` *planes* of ``(class, weight)`` pairs per pixel,
 sorted by weight, largest first (ties: lower class first). Plane 0 is the dominant class, so the
 argmax map is plane 0 itself. Unused slots hold class ``IGNORE_INDEX`` (255) and weight 0. ``K`` is the
 largest number of classes any pixel of the image carries: nothing is ever dropped.
@@ -78,15 +79,15 @@ class SoftLabel:
 
     def dense(self) -> np.ndarray:
         """``(C, H', W') float32`` per-class weights; sums over C to the valid fraction."""
-        h, w = self.shape
-        out = np.zeros((self.num_classes + 1, h * w), dtype=np.float32)
-        pixel = np.arange(h * w)
+        size = int(np.prod(self.shape))
+        out = np.zeros((self.num_classes + 1, size), dtype=np.float32)
+        pixel = np.arange(size)
         values = self.scaled_weights()
         for k in range(self.planes):
             cls = self.classes[k].ravel()
             # IGNORE_INDEX slots land on the spare row C (weight 0) and are cut off below.
             out[np.minimum(cls, self.num_classes), pixel] += values[k].ravel()
-        return out[: self.num_classes].reshape(self.num_classes, h, w)
+        return out[: self.num_classes].reshape(self.num_classes, *self.shape)
 
     def argmax(self) -> np.ndarray:
         """``(H', W') uint8`` the dominant class of each pixel, ``IGNORE_INDEX`` where fully ignored."""
@@ -127,14 +128,14 @@ def from_sparse_rows(
         mixed_index: ``(M,) int`` flat indices of the multi-class pixels.
         mixed_mass: ``(M, C)`` per-class weight (numerators when exact); zeros are dropped.
     """
-    h, w = pure_class.shape
+    shape, size = pure_class.shape, pure_class.size
     order = np.argsort(-mixed_mass, axis=1, kind="stable")
     sorted_mass = np.take_along_axis(mixed_mass, order, axis=1)
     nonzero = (sorted_mass > 0).sum(axis=1)
     planes = max(1, int(nonzero.max(initial=0)))
 
-    classes = np.full((planes, h * w), IGNORE_INDEX, dtype=np.uint8)
-    weights = np.zeros((planes, h * w), dtype=weight_dtype(denominator))
+    classes = np.full((planes, size), IGNORE_INDEX, dtype=np.uint8)
+    weights = np.zeros((planes, size), dtype=weight_dtype(denominator))
     classes[0] = pure_class.ravel()
     weights[0] = np.where(classes[0] == IGNORE_INDEX, 0, pure_weight)
     classes[0, mixed_index] = IGNORE_INDEX
@@ -143,7 +144,7 @@ def from_sparse_rows(
         used = nonzero > k
         classes[k, mixed_index[used]] = order[used, k]
         weights[k, mixed_index[used]] = sorted_mass[used, k]
-    return SoftLabel(classes.reshape(planes, h, w), weights.reshape(planes, h, w), num_classes, denominator)
+    return SoftLabel(classes.reshape(planes, *shape), weights.reshape(planes, *shape), num_classes, denominator)
 
 
 @dataclass
@@ -229,19 +230,19 @@ def pack(soft: SoftLabel) -> PackedSoftLabel:
 
 def unpack(packed: PackedSoftLabel) -> SoftLabel:
     """The :class:`SoftLabel` of a packed one: ``(K, H', W')`` slots, ``K`` = :attr:`PackedSoftLabel.planes`."""
-    h, w = packed.classes.shape
+    shape, size = packed.classes.shape, packed.classes.size
     dtype = weight_dtype(packed.denominator)
     flat = packed.classes.ravel()
     where = np.flatnonzero(flat == MIXED)
     if len(where) != packed.mixed:
         raise ValueError(f"the class map has {len(where)} mixed pixels, the lists {packed.mixed}")
-    classes = np.full((packed.planes, h * w), IGNORE_INDEX, dtype=np.uint8)
-    weights = np.zeros((packed.planes, h * w), dtype=dtype)
+    classes = np.full((packed.planes, size), IGNORE_INDEX, dtype=np.uint8)
+    weights = np.zeros((packed.planes, size), dtype=dtype)
     classes[0] = flat
     weights[0] = np.where(flat == IGNORE_INDEX, 0, packed.full_weight).astype(dtype)
     if packed.mixed:
         k = packed.mixed_classes.shape[0]
         classes[:k, where] = packed.mixed_classes
         weights[:k, where] = packed.slot_weights().astype(dtype)
-    return SoftLabel(classes.reshape(packed.planes, h, w), weights.reshape(packed.planes, h, w), packed.num_classes,
+    return SoftLabel(classes.reshape(packed.planes, *shape), weights.reshape(packed.planes, *shape), packed.num_classes,
                      packed.denominator)

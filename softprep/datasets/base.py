@@ -49,6 +49,9 @@ class Dataset:
     ignore_index: int = IGNORE_INDEX
     #: Splits built when ``--splits`` is not given (those found under the root).
     default_splits: tuple[str, ...] = ("train", "val")
+    #: The image arrays it reads: RGB ``uint8`` (a volume adapter: its modalities, ``float32``).
+    image_channels: int = 3
+    image_dtype: str = "uint8"
 
     def __init__(self, root: str | Path):
         self.root = location(root)
@@ -102,6 +105,11 @@ class Dataset:
                 f"{image[1]}x{image[0]} (WxH); fix or remove the pair"
             )
         return image
+
+    def geometry(self, sample: Sample) -> tuple[tuple[float, ...], np.ndarray] | None:
+        """A volume's ``(spacing in mm per axis, 4 x 4 voxel-to-world affine)`` from its header; None
+        for 2-D images."""
+        return None
 
     def _label_to_train_ids(self, raw: np.ndarray, path: Path) -> np.ndarray:
         raise NotImplementedError

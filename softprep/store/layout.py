@@ -47,9 +47,10 @@ def _grid(side: int) -> int:
     return math.ceil(2 ** (k / BUCKET_STEPS_PER_OCTAVE))
 
 
-def bucket_of(height: int, width: int) -> str:
-    """Size bucket of a full-resolution ``(H, W)``: ``"{H_max}x{W_max}"`` of the grid cell it falls in."""
-    return f"{_grid(height)}x{_grid(width)}"
+def bucket_of(*sides: int) -> str:
+    """Size bucket of a full-resolution ``(H, W)`` (a volume: ``(X, Y, Z)``): ``"{H_max}x{W_max}"`` of
+    the grid cell it falls in."""
+    return "x".join(str(_grid(side)) for side in sides)
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,23 @@ class SplitSpec:
     labels: list[str]
     sizes: list[list[int]]
     label_digests: list[str] | None = None
+    #: Volumes: each image's voxel size in mm per axis, and its voxel-to-world affine (4 x 4), from its header.
+    spacings: list[list[float]] | None = None
+    affines: list[list[list[float]]] | None = None
+
+    @property
+    def ndim(self) -> int:
+        """Spatial axes of the split's images: 2, or 3 for volumes."""
+        return len(self.sizes[0]) if self.sizes else 2
+
+    def spacing(self, index: int) -> tuple[float, ...] | None:
+        """Image ``index``'s voxel size in mm per axis (None for 2-D images)."""
+        return tuple(self.spacings[index]) if self.spacings is not None else None
 
     @cached_property
     def buckets(self) -> list[str]:
         """Size bucket of each image."""
-        return [bucket_of(h, w) for h, w in self.sizes]
+        return [bucket_of(*size) for size in self.sizes]
 
     @cached_property
     def members(self) -> dict[str, list[int]]:
@@ -87,10 +100,7 @@ class SplitSpec:
         return out
 
     def attrs(self) -> dict:
-        attrs = {**asdict(self), "buckets": self.buckets}
-        if self.label_digests is None:
-            del attrs["label_digests"]
-        return attrs
+        return {**{k: v for k, v in asdict(self).items() if v is not None}, "buckets": self.buckets}
 
 
 def map_arrays(nn_floor: bool) -> tuple[str, ...]:
@@ -101,10 +111,11 @@ def map_arrays(nn_floor: bool) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class BucketLayout:
-    """Arrays of one bucket at one target: ``shape (Hb, Wb)``, ``planes`` K, weight dtype, exactness,
-    and whether torch ``nearest`` needs its own map (``nn_floor``; not where it equals ``nn``, at 1:1)."""
+    """Arrays of one bucket at one target: ``shape (Hb, Wb)`` (a volume: three sides), ``planes`` K,
+    weight dtype, exactness, and whether torch ``nearest`` needs its own map (``nn_floor``; not where
+    it equals ``nn``, at 1:1)."""
 
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     planes: int
     exact: bool
     weights_dtype: str
@@ -140,6 +151,10 @@ class StoreSpec:
     splits: dict[str, SplitSpec] = field(default_factory=dict)
     #: Kernel of the colour images when it differs from the labels' ``kernel`` (the paper's Table IV).
     image_kernel: str | None = None
+    #: The image arrays' trailing channels and dtype: RGB ``uint8`` images, or a volume's
+    #: modalities as ``float32`` intensities.
+    image_channels: int = 3
+    image_dtype: str = "uint8"
 
     @property
     def target_names(self) -> list[str]:
@@ -166,17 +181,19 @@ class StoreSpec:
             "classes": self.classes, "palette": self.palette, "ignore_index": self.ignore_index,
             "kernel": self.kernel, "image_kernel": self.colour_kernel, "antialias": self.antialias,
             "targets": self.target_names,
-            "nn_rule": NN_RULE[FORMAT_VERSION],
+            "nn_rule": NN_RULE[FORMAT_VERSION], "image_channels": self.image_channels, "image_dtype": self.image_dtype,
             "splits": list(self.splits), "shard_size": self.shard_size, "complete": complete,
         }
 
     def plan(self, split: str, index: int, target) -> ResamplingPlan:
         """The resampling plan of image ``index`` of ``split`` at ``target`` (the labels' kernel)."""
-        return resampling_plan(self.kernel, self.antialias, tuple(self.splits[split].sizes[index]), target)
+        found = self.splits[split]
+        return resampling_plan(self.kernel, self.antialias, tuple(found.sizes[index]), target, found.spacing(index))
 
     def image_plan(self, split: str, index: int, target) -> ResamplingPlan:
         """The plan of the colour image: :meth:`plan` with :attr:`colour_kernel` (the same output size)."""
-        return resampling_plan(self.colour_kernel, self.antialias, tuple(self.splits[split].sizes[index]), target)
+        found = self.splits[split]
+        return resampling_plan(self.colour_kernel, self.antialias, tuple(found.sizes[index]), target, found.spacing(index))
 
     def bucket_layout(self, split: str, bucket: str, target) -> BucketLayout:
         """Shape, slot count and weight encoding of a bucket's arrays at ``target``."""
@@ -190,10 +207,10 @@ class StoreSpec:
 
     def shard_images(self, split: str, bucket: str) -> int:
         """Images per shard of a bucket: ``shard_size``, fewer where their outputs exceed the pixel budget."""
-        first = self.splits[split].members[bucket][0]
-        h, w = self.splits[split].sizes[first]
-        cell = (_grid(h), _grid(w))
-        pixels = sum(math.prod(t.output_size(*cell)) for t in self.targets)
+        found = self.splits[split]
+        first = found.members[bucket][0]
+        cell = tuple(_grid(side) for side in found.sizes[first])
+        pixels = sum(math.prod(t.output_size(*cell, spacing=found.spacing(first))) for t in self.targets)
         return max(1, min(self.shard_size, SHARD_PIXEL_BUDGET // max(pixels, 1)))
 
     def tasks(self, split: str) -> list[Task]:

@@ -58,25 +58,31 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
         raise SoftprepError(f"{dataset.root}: no {dataset.name} splits found; is --root the dataset folder?")
     spec = StoreSpec(dataset.name, list(dataset.classes), [list(c) for c in dataset.palette], dataset.ignore_index,
                      kernel, antialias, tuple(targets), shard_size, {split: split_spec(dataset, split) for split in splits},
-                     image_kernel=image_kernel or kernel)
+                     image_kernel=image_kernel or kernel, image_channels=dataset.image_channels,
+                     image_dtype=dataset.image_dtype)
     for split, found in spec.splits.items():  # every plan once now: an impossible size fails before any work
-        for i, (height, width) in enumerate(found.sizes):
-            where = dataset.root / found.images[i]
-            vanishing = [t for t in targets if t.factor is not None and math.floor(min(height, width) * t.factor) < 1]
+        for i, sides in enumerate(found.sizes):
+            where, size, pixels = dataset.root / found.images[i], _size_text(sides), math.prod(sides)
+            vanishing = [t for t in targets if t.factor is not None and math.floor(min(sides) * t.factor) < 1]
             if vanishing:
-                raise SoftprepError(f"{where}: --scales {vanishing[0].name} makes this {width}x{height} image smaller than "
-                                    f"one pixel (floor(side x factor) = 0); use factors of at least 1/{min(height, width)}")
-            if height * width > max_pixels:
-                raise SoftprepError(f"{where}: {width}x{height} is {height * width / 1e6:.1f} megapixels, over the "
+                raise SoftprepError(f"{where}: --scales {vanishing[0].name} makes this {size} image smaller than "
+                                    f"one pixel (floor(side x factor) = 0); use factors of at least 1/{min(sides)}")
+            if pixels > max_pixels:
+                raise SoftprepError(f"{where}: {size} is {pixels / 1e6:.1f} megapixels, over the "
                                     f"--max-pixels limit of {max_pixels / 1e6:g} (about 1 GiB per worker); raise "
                                     "--max-pixels if each worker has the memory, or remove the file")
             plans = [spec.plan(split, i, target) for target in spec.targets]
-            outputs = sum(p.size[0] * p.size[1] for p in plans)
+            outputs = sum(math.prod(p.size) for p in plans)
             if outputs > max_pixels:
-                sizes = ", ".join(f"{t.name} -> {p.size[1]}x{p.size[0]}" for t, p in zip(spec.targets, plans))
-                raise SoftprepError(f"{where}: its outputs ({sizes}, WxH) total {outputs / 1e6:.1f} megapixels, over the "
+                sizes = ", ".join(f"{t.name} -> {_size_text(p.size)}" for t, p in zip(spec.targets, plans))
+                raise SoftprepError(f"{where}: its outputs ({sizes}) total {outputs / 1e6:.1f} megapixels, over the "
                                     f"--max-pixels limit of {max_pixels / 1e6:g}; use smaller targets")
     return spec
+
+
+def _size_text(sides) -> str:
+    """An image's size as a user reads it: ``WxH`` (width first), a volume's ``XxYxZ``."""
+    return f"{sides[1]}x{sides[0]}" if len(sides) == 2 else "x".join(map(str, sides))
 
 
 def split_spec(dataset: Dataset, split: str) -> SplitSpec:
@@ -94,12 +100,16 @@ def split_spec(dataset: Dataset, split: str) -> SplitSpec:
     if not samples:
         raise SoftprepError(f"{dataset.root}: split {split!r} has no image/label pairs; check --root and --splits")
     _refuse_duplicate_ids(samples)
+    geometry = [dataset.geometry(s) for s in samples]  # volumes: (spacing, affine) from each header
+    volumes = all(g is not None for g in geometry)
     return SplitSpec(
         ids=[s.id for s in samples],
         images=[str(s.image.relative_to(dataset.root)) for s in samples],
         labels=[str(s.label.relative_to(dataset.root)) for s in samples],
         sizes=[list(dataset.size(s)) for s in samples],
         label_digests=label_digests(samples),
+        spacings=[list(g[0]) for g in geometry] if volumes else None,
+        affines=[np.asarray(g[1]).tolist() for g in geometry] if volumes else None,
     )
 
 
@@ -131,7 +141,7 @@ def upsampling_notes(spec: StoreSpec) -> list[str]:
             if grown:
                 plan = spec.plan(split, grown[0], target)
                 notes.append(f"note: target {target} upsamples {len(grown)} {split} image(s), e.g. {split_spec.ids[grown[0]]} "
-                             f"{plan.source[1]}x{plan.source[0]} -> {plan.size[1]}x{plan.size[0]} (WxH)")
+                             f"{_size_text(plan.source)} -> {_size_text(plan.size)}")
     return notes
 
 

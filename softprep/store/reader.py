@@ -159,7 +159,7 @@ class Store:
         splits = {s: self._split_spec(s) for s in a["splits"]}
         return StoreSpec(a["dataset"], a["classes"], a["palette"], a["ignore_index"], a["kernel"], a["antialias"],
                          tuple(parse_target(t) for t in a["targets"]), a["shard_size"], splits,
-                         a.get("image_kernel", a["kernel"]))
+                         a.get("image_kernel", a["kernel"]), a.get("image_channels", 3), a.get("image_dtype", "uint8"))
 
     def _split_spec(self, split: str) -> SplitSpec:
         """A split's spec, its per-image lists bounded by the image count its ``done`` array declares
@@ -171,7 +171,8 @@ class Store:
                                 "done array declares; the store is damaged or crafted: rebuild it")
         attrs = self.root[split].attrs
         fields = {k: attrs[k] for k in ("ids", "images", "labels", "sizes")}
-        fields["label_digests"] = attrs.get("label_digests")
+        for name in ("label_digests", "spacings", "affines"):
+            fields[name] = attrs.get(name)
         lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in fields.items() if v is not None}
         if any(n != declared for n in lengths.values()):
             detail = ", ".join(f"{k} {n}" for k, n in lengths.items())
@@ -246,7 +247,7 @@ class TargetView:
         self.ids: list[str] = split_spec.ids
         self.buckets, self.positions = split_spec.buckets, split_spec.positions
         self.group = self._records(lambda: store.root[split][target])
-        self.sizes: np.ndarray = self.record("sizes", (len(self.ids), 2))
+        self.sizes: np.ndarray = self.record("sizes", (len(self.ids), split_spec.ndim))
         self.denominators: np.ndarray = self.record("denominator", (len(self.ids),))
         self._planes: np.ndarray | None = None
         self._bucket_groups: dict = {}
@@ -330,7 +331,7 @@ class StoredSample:
     def __init__(self, view: TargetView, index: int):
         self.view, self.index = view, index
         self.id = view.ids[index]
-        self.shape: tuple[int, int] = tuple(int(v) for v in view.sizes[index])
+        self.shape: tuple[int, ...] = tuple(int(v) for v in view.sizes[index])  # (h, w), a volume's (x, y, z)
         self.position = view.positions[index]
         self._done_checked = False
 
@@ -341,7 +342,7 @@ class StoredSample:
     def _read(self, name: str, planes: int | None = None, entries: int = 0) -> np.ndarray:
         """The ``name`` array of this image cropped to its size; a list array: its first ``planes``
         rows and ``entries`` entries."""
-        h, w = self.shape
+        crop = tuple(slice(0, side) for side in self.shape)
         try:
             if not self._done_checked:  # once per sample object: one small chunk read, not one per array
                 if not self.view.store.root[self.view.split]["done"][self.index]:
@@ -354,7 +355,7 @@ class StoredSample:
             if not shard_file(array, self.position, self.view.store.path).is_file():
                 raise SoftprepError(f"{self.where}: the {name} shard file is missing; rebuild the store "
                                     "(softprep build ... --overwrite) or restore the file")
-            values = array[self.position, :h, :w] if planes is None else array[self.position, :planes, :entries]
+            values = array[(self.position, *crop)] if planes is None else array[self.position, :planes, :entries]
             self.view.store.check_unchanged(self.where)  # after the read: a rebuild during it is caught too
             return values
         except SoftprepError:
@@ -368,7 +369,7 @@ class StoredSample:
 
     @property
     def image(self) -> np.ndarray:
-        """``(h, w, 3) uint8`` colour image."""
+        """``(h, w, 3) uint8`` colour image (a volume: ``(x, y, z, C) float32`` intensities)."""
         return self._read("image")
 
     def soft_label(self) -> SoftLabel:

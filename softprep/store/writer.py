@@ -56,7 +56,8 @@ def _create_store(path: str | Path, spec: StoreSpec) -> None:
         for target in spec.target_names:
             tg = group.create_group(target, attributes={"target": target})
             plans = [spec.plan(split, i, target) for i in range(n)]
-            _record_array(tg, "sizes", (n, 2), "int32")[:] = np.array([p.size for p in plans], dtype=np.int32).reshape(n, 2)
+            ndim = split_spec.ndim
+            _record_array(tg, "sizes", (n, ndim), "int32")[:] = np.array([p.size for p in plans], dtype=np.int32).reshape(n, ndim)
             _record_array(tg, "denominator", (n,), "int64")[:] = [p.denominator or 0 for p in plans]
             _record_array(tg, "planes", (n,), "uint8")
             _record_array(tg, "mass", (n, c), "float64")
@@ -65,21 +66,22 @@ def _create_store(path: str | Path, spec: StoreSpec) -> None:
             _record_array(tg, "nn_floor_counts", (n, c), "int64")
             for bucket, members in split_spec.members.items():
                 _create_bucket(tg.create_group(bucket), len(members), spec.shard_images(split, bucket),
-                               spec.bucket_layout(split, bucket, target))
+                               spec.bucket_layout(split, bucket, target), spec)
     # A fresh identity per creation: readers holding this store open notice a rebuild by it.
     root.attrs["softprep"] = {**spec.root_attrs(complete=False), "build_id": uuid.uuid4().hex}
 
 
-def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
-    (h, w), k = layout.shape, layout.planes
+def _create_bucket(group, n: int, shard: int, layout: BucketLayout, spec: StoreSpec) -> None:
+    shape, k, channels = layout.shape, layout.planes, spec.image_channels
+    pixels = int(np.prod(shape))
     group.attrs.update({"exact": layout.exact, "nn_floor": layout.nn_floor})
-    group.create_array("image", shape=(n, h, w, 3), chunks=(1, h, w, 3), shards=(shard, h, w, 3),
-                       dtype="uint8", fill_value=0, **chunk_codecs(IMAGE_ZSTD_LEVEL))
+    group.create_array("image", shape=(n, *shape, channels), chunks=(1, *shape, channels), shards=(shard, *shape, channels),
+                       dtype=spec.image_dtype, fill_value=0, **chunk_codecs(IMAGE_ZSTD_LEVEL))
     for name in map_arrays(layout.nn_floor):
-        group.create_array(name, shape=(n, h, w), chunks=(1, h, w), shards=(shard, h, w),
+        group.create_array(name, shape=(n, *shape), chunks=(1, *shape), shards=(shard, *shape),
                            dtype="uint8", fill_value=IGNORE_INDEX, **chunk_codecs())
-    chunk = min(h * w, max(LIST_CHUNK_MIN, -(-h * w // LIST_CHUNK_SHARE)))
-    length = -(-h * w // chunk) * chunk  # whole chunks: a shard is a whole number of chunks
+    chunk = min(pixels, max(LIST_CHUNK_MIN, -(-pixels // LIST_CHUNK_SHARE)))
+    length = -(-pixels // chunk) * chunk  # whole chunks: a shard is a whole number of chunks
     for name, dtype, fill in (("mixed_classes", "uint8", IGNORE_INDEX), ("mixed_weights", layout.weights_dtype, 0)):
         group.create_array(name, shape=(n, k, length), chunks=(1, k, chunk), shards=(shard, k, length),
                            dtype=dtype, fill_value=fill, **chunk_codecs())
@@ -87,7 +89,7 @@ def _create_bucket(group, n: int, shard: int, layout: BucketLayout) -> None:
 
 @dataclass
 class TargetResult:
-    """One image at one target: ``image (h, w, 3) uint8``, its packed soft label, and its hard labels
+    """One image at one target: ``image (h, w, 3) uint8`` (a volume: ``(x, y, z, C) float32``), its packed soft label, and its hard labels
     ``nn (h, w) uint8`` (``nearest-exact``) and ``nn_floor (h, w) uint8`` (torch ``nearest``)."""
 
     image: np.ndarray
@@ -141,15 +143,15 @@ def _write_shard(root, spec: StoreSpec, task: Task, results: list[SampleResult])
     for target in spec.target_names:
         bucket = root[task.split][target][task.bucket]
         per_image = [r.targets[target] for r in results]
-        _, h, w = bucket["classes"].shape
+        shape = bucket["classes"].shape[1:]
         packed = [_as_stored(s.soft, bucket["mixed_weights"].dtype) for s in per_image]
-        image = np.zeros((len(results), h, w, 3), np.uint8)
-        maps = {name: np.full((len(results), h, w), IGNORE_INDEX, np.uint8) for name in ("classes", "nn", "nn_floor")}
+        image = np.zeros((len(results), *bucket["image"].shape[1:]), bucket["image"].dtype)
+        maps = {name: np.full((len(results), *shape), IGNORE_INDEX, np.uint8) for name in ("classes", "nn", "nn_floor")}
         for i, (s, p) in enumerate(zip(per_image, packed)):
-            hh, ww = s.nn.shape
-            image[i, :hh, :ww] = s.image
+            region = (i, *(slice(0, side) for side in s.nn.shape))  # the image in its padded bucket
+            image[region] = s.image
             for name, values in (("classes", p.classes), ("nn", s.nn), ("nn_floor", s.nn_floor)):
-                maps[name][i, :hh, :ww] = values
+                maps[name][region] = values
         bucket["image"][start:stop] = image
         for name in map_arrays(bucket.attrs["nn_floor"]):
             bucket[name][start:stop] = maps[name]
