@@ -72,8 +72,8 @@ def demo(out, train, val, size, seed):
 @click.option("--scheduler", metavar="ADDRESS", help="Run on a Dask cluster: its scheduler (tcp://host:8786), or 'local' "
               "for a LocalCluster of --jobs processes (needs the dask extra).")
 @click.option("--allow-upsampling", is_flag=True, help="Accept --scales factors above 1 (they enlarge every image).")
-def build(dataset, root, out, scales, short_side, fit, kernel, image_kernel, antialias, splits, jobs, shard_size, overwrite,
-          max_pixels, scheduler, allow_upsampling):
+def build(dataset, root, out, scales, short_side, fit, spacing, kernel, image_kernel, antialias, splits, jobs, shard_size,
+          overwrite, max_pixels, scheduler, allow_upsampling):
     """Build a store: every image of every split at every target resolution, resumably.
 
     Rerunning an interrupted build finishes it; a store made with other settings is refused
@@ -82,9 +82,10 @@ def build(dataset, root, out, scales, short_side, fit, kernel, image_kernel, ant
     from softprep.build import build as run_build
     from softprep.datasets import get_dataset
 
-    targets = parse_target_options(scales, short_side, fit)
+    targets = parse_target_options(scales, short_side, fit, spacing)
     if not targets:
-        raise SoftprepError("pass at least one target: --scales 0.125 0.25 0.5, --short-side 512 or --fit 512x1024")
+        raise SoftprepError("pass at least one target: --scales 0.125 0.25 0.5, --short-side 512, --fit 512x1024 or "
+                            "(volumes) --spacing 2 2 2")
     adapter = get_dataset(dataset, root)
     bar, progress = _progress_bar("build")
     try:
@@ -127,7 +128,8 @@ def info(store, as_json, ids, split):
 @target_options
 @click.option("--antialias/--no-antialias", default=False, show_default=True, help="Antialiased bilinear/bicubic (with --compare-kernels).")
 @jobs_option("Worker processes for --compare-kernels (default: all cores).")
-def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset, scales, short_side, fit, antialias, jobs):
+def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset, scales, short_side, fit, spacing, antialias,
+           jobs):
     """Class-prior discrepancy D = p_original - p_d per class (paper eq. 5, Table V).
 
     \b
@@ -141,7 +143,7 @@ def priors(store, split, fmt, scale_factor, plot, compare_kernels, root, dataset
     from softprep import priors as prior_api
 
     if compare_kernels:
-        targets = parse_target_options(scales, short_side, fit)
+        targets = parse_target_options(scales, short_side, fit, spacing)
         if store is not None or root is None or not targets:
             raise SoftprepError("--compare-kernels reads a dataset, not a store: pass --root DATA and --scales, and no STORE")
         from softprep.datasets import get_dataset

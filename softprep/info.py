@@ -37,7 +37,7 @@ def describe(path: str | Path) -> dict:
             view = store.samples(split, target)
             group_path = store.path / split / target
             buckets = [group_path / b for b in members]
-            pixels = view.sizes[:, 0].astype(np.int64) * view.sizes[:, 1]
+            pixels = view.sizes.astype(np.int64).prod(axis=1)
             soft = sum(disk_bytes(b / name) for b in buckets for name in SOFT_LABEL_ARRAYS)
             denominators = np.unique(view.denominators).tolist()
             entry["targets"][target] = {

@@ -14,7 +14,7 @@ from softprep.kernels import KERNELS
 
 
 #: Options that take several values after one flag (``--scales 0.125 0.25 0.5``).
-MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels", "--short-side", "--fit", "--rule")
+MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels", "--short-side", "--fit", "--rule", "--spacing")
 
 
 def _is_number(text: str) -> bool:
@@ -64,7 +64,11 @@ class MultiValueGroup(OneLineErrors):
 
 
 def target_options(function):
-    """``--scales``, ``--short-side`` and ``--fit``: the resolution targets, parsed the same way everywhere."""
+    """``--scales``, ``--short-side``, ``--fit`` and (volumes) ``--spacing``: the resolution targets,
+    parsed the same way everywhere."""
+    function = click.option("--spacing", multiple=True, metavar="MM",
+                            help="Volumes: the output voxel size in mm per axis, e.g. --spacing 2 2 2 (one value: "
+                            "isotropic); the extent is kept, from each volume's own voxel size.")(function)
     function = click.option("--fit", multiple=True, metavar="HxW",
                             help="Fit inside this box keeping the ratio, e.g. --fit 512x1024 (upsamples smaller images).")(function)
     function = click.option("--short-side", multiple=True, metavar="PX",
@@ -73,12 +77,15 @@ def target_options(function):
                         help="Scale factors, e.g. --scales 0.125 0.25 0.5 (output size floor(side * factor)).")(function)
 
 
-def parse_target_options(scales, short_side, fit) -> list:
+def parse_target_options(scales, short_side, fit, spacing=()) -> list:
     """The targets of :func:`target_options` (one-line errors for bad values)."""
     from softprep.plan import parse_targets
 
     words = split_args(scales, str) + [f"short{v}" for v in split_args(short_side, str)]
     words += [f"fit{v}" for v in split_args(fit, str)]
+    mm = split_args(spacing, str)
+    if mm:
+        words.append("x".join(mm) + "mm")
     return parse_targets(words)
 
 

@@ -216,6 +216,17 @@ def plan_for_size(kernel: str, antialias: bool, source: tuple[int, ...], size: t
     )
 
 
+def output_affine(affine, source: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
+    """``(4, 4) float64`` voxel-to-world affine of a volume resampled from ``source`` voxels to ``size``
+    with its extent kept: output voxel ``j``'s centre lies at source voxel coordinate
+    ``(j + 0.5) n / m - 0.5`` on each axis (where every kernel here, ``align_corners=False``, puts it)."""
+    scale = np.asarray(source, dtype=np.float64) / np.asarray(size, dtype=np.float64)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale)
+    step[:3, 3] = 0.5 * scale - 0.5
+    return np.asarray(affine, dtype=np.float64) @ step
+
+
 def resampling_plan(kernel: str, antialias: bool, source: tuple[int, ...], target: Target | str | float,
                     spacing: tuple[float, ...] | None = None) -> ResamplingPlan:
     """The plan of one full-resolution ``source`` (``(H, W)``, or a volume's ``(X, Y, Z)`` with its

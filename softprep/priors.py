@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable, Iterable, Sequence
@@ -169,8 +170,8 @@ def store_priors(store: Store, split: str | None = None) -> PriorTable:
 
 
 def image_weight(full_size, size) -> Fraction:
-    """Full-resolution pixels per output pixel of one image: ``H W / (h w)``."""
-    return Fraction(int(full_size[0]) * int(full_size[1]), int(size[0]) * int(size[1]))
+    """Full-resolution pixels per output pixel of one image: ``H W / (h w)`` (a volume: voxels, ``X Y Z / (x y z)``)."""
+    return Fraction(math.prod(int(v) for v in full_size), math.prod(int(v) for v in size))
 
 
 def _default_split(splits: Sequence[str]) -> str:

@@ -16,6 +16,7 @@ Every failed check is one line naming split, target, image and array; no check s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +26,8 @@ from softprep.datasets.base import stored_sample
 from softprep.errors import SoftprepError, printable
 from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
-from softprep.resample import prepare_label, soft_label
+from softprep.plan import output_affine
+from softprep.resample import prepare_label, soft_label_axes
 from softprep.softlabel import IGNORE_INDEX, MIXED, PackedSoftLabel, SoftLabel, unpack
 from softprep.location import is_remote
 from softprep.store import Store, TargetView, attrs_digest, map_arrays, open_store, shard_file
@@ -34,9 +36,13 @@ LIST_ARRAYS = ("mixed_classes", "mixed_weights")
 RECORD_ARRAYS = ("sizes", "denominator", "planes", "mass", "mass_numerator", "nn_counts", "nn_floor_counts")
 
 
-def record_arrays(store: Store) -> tuple[str, ...]:
-    """The per-image record arrays of each target of ``store`` (format 3 kept no ``nn_floor_counts``)."""
-    return RECORD_ARRAYS if store.format_version >= 4 else RECORD_ARRAYS[:-1]
+def record_arrays(store: Store, split: str | None = None) -> tuple[str, ...]:
+    """The per-image record arrays of each target of ``store`` (format 3 kept no ``nn_floor_counts``;
+    a volume split adds each output grid's ``affine``)."""
+    names = RECORD_ARRAYS if store.format_version >= 4 else RECORD_ARRAYS[:-1]
+    if split is not None and store.spec.splits[split].affines is not None:
+        names += ("affine",)
+    return names
 FLOAT_TOLERANCE = 1e-5
 
 
@@ -119,7 +125,7 @@ def _check_split_records(store: Store, split: str) -> list[str]:
     ids = store.spec.splits[split].ids
     problems += [f"{split}: image {ids[i]} (#{i}) not built (rerun `softprep build`)" for i in np.flatnonzero(~done)]
     for target in store.targets:
-        for name in record_arrays(store):
+        for name in record_arrays(store, split):
             problems += _decode_all(store, f"{split}/{target}/{name}", split)
     return problems
 
@@ -187,9 +193,9 @@ def _check_counts_bounds(counts: np.ndarray, size) -> list[str]:
     """Recorded full-resolution ``counts (C,)`` are pixel counts of an ``(H, W)`` image: none below
     0, together at most ``H W``."""
     total = int(counts.astype(object).sum())
-    if (counts < 0).any() or total > int(size[0]) * int(size[1]):
+    if (counts < 0).any() or total > math.prod(int(v) for v in size):
         return [f"recorded class counts (min {int(counts.min())}, sum {total}) are not pixel counts of a "
-                f"{size[1]}x{size[0]} image; rebuild the store"]
+                f"{'x'.join(map(str, size))} image; rebuild the store"]
     return []
 
 
@@ -197,10 +203,10 @@ def _check_area_counts(counts: np.ndarray, size, soft: SoftLabel) -> list[str]:
     """Under the exact box filter every full-resolution pixel gives its class the same weight
     ``h w / (H W)``: the stored soft label's class numerators times ``H W`` equal the recorded
     counts times ``h w D`` (Python integers: no overflow)."""
-    (height, width), (h, w) = size, soft.shape
+    full, out = math.prod(int(v) for v in size), math.prod(soft.shape)
     mass = soft.class_mass()
-    left = [int(m) * int(height) * int(width) for m in mass]
-    right = [int(c) * h * w * int(soft.denominator) for c in counts]
+    left = [int(m) * full for m in mass]
+    right = [int(c) * out * int(soft.denominator) for c in counts]
     differing = [c for c, (a, b) in enumerate(zip(left, right)) if a != b]
     if differing:
         return [f"counts: recorded full-resolution counts differ from the stored soft label's class mass "
@@ -216,6 +222,14 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
         problems.append(f"sizes: records {view.sizes[i].tolist()}, the plan gives {list(plan.size)}")
     if int(view.denominators[i]) != (plan.denominator or 0):
         problems.append(f"denominator: records {int(view.denominators[i])}, the plan gives {plan.denominator or 0}")
+    affines = store.spec.splits[view.split].affines
+    if affines is not None:
+        try:
+            recorded = view.group["affine"][i]
+        except Exception:  # noqa: BLE001 - an unreadable chunk is reported per split
+            recorded = None
+        if recorded is not None and not np.allclose(recorded, output_affine(affines[i], plan.source, plan.size)):
+            problems.append("affine: the recorded output grid differs from the source affine's at the planned size")
     bucket, position = view.bucket(i), view.positions[i]
     for name in ("image", *map_arrays(store.format_version >= 4 and bucket.attrs.get("nn_floor", False))):
         arrays[name] = _read_image_array(store, bucket[name], position, (), name, problems)
@@ -225,8 +239,8 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
         return None, problems
     if problems:
         return None, problems
-    h, w = plan.size
-    classes = arrays["classes"][:h, :w]
+    crop = tuple(slice(0, side) for side in plan.size)
+    classes = arrays["classes"][crop]
     mixed, k = int(np.count_nonzero(classes == MIXED)), max(1, int(records["planes"]))
     for name in LIST_ARRAYS:
         arrays[name] = _read_image_array(store, bucket[name], position, (slice(0, k), slice(0, mixed)), name,
@@ -236,9 +250,9 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
     weights = arrays["mixed_weights"]
     denominator = plan.denominator if weights.dtype.kind == "u" else None
     soft = unpack(PackedSoftLabel(classes, arrays["mixed_classes"], weights, store.spec.num_classes, denominator))
-    maps = {"nn_counts": arrays["nn"][:h, :w]}
+    maps = {"nn_counts": arrays["nn"][crop]}
     if "nn_floor_counts" in records:
-        maps["nn_floor_counts"] = arrays.get("nn_floor", arrays["nn"])[:h, :w]
+        maps["nn_floor_counts"] = arrays.get("nn_floor", arrays["nn"])[crop]
     return soft, problems + _check_soft_label(soft, records, maps)
 
 
@@ -269,7 +283,7 @@ def _check_soft_label(soft: SoftLabel, records: dict, maps: dict[str, np.ndarray
         problems.append(f"weights: outside [0, 1] (min {weights.min() / one:.6g}, max {weights.max() / one:.6g})")
     if (np.diff(weights.astype(np.float64), axis=0) > tolerance).any():
         problems.append("weights: slots are not sorted by weight")
-    used = int((classes != IGNORE_INDEX).any(axis=(1, 2)).sum())
+    used = int((classes != IGNORE_INDEX).any(axis=tuple(range(1, classes.ndim))).sum())
     if used > int(records["planes"]):
         problems.append(f"planes: records {int(records['planes'])} slots, {used} are used")
     sums = weights.astype(np.float64).sum(axis=0)
@@ -308,7 +322,7 @@ def _check_valid_fraction(store: Store, split: str, i: int, target: str, label: 
     ignore_index = store.spec.ignore_index
     valid = np.where(label == ignore_index, ignore_index, 0).astype(np.uint8)
     plan = store.spec.plan(split, i, target)
-    expected = soft_label(valid, plan.rows, plan.cols, 1, ignore_index)
+    expected = soft_label_axes(valid, plan.axes, 1, ignore_index)
     if expected.exact and not soft.exact:  # a float bucket holds this exact image: compare values
         expected = SoftLabel(expected.classes, expected.scaled_weights(), 1, None)
     expected = _pixel_sums(expected)

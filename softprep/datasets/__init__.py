@@ -10,10 +10,11 @@ from softprep.datasets.camvid import CamVid
 from softprep.datasets.cityscapes import Cityscapes
 from softprep.datasets.folder import Folder
 from softprep.datasets.mapillary import MapillaryVistas, MapillaryVistasV2
+from softprep.datasets.nifti import NIfTI
 from softprep.errors import SoftprepError
 
 DATASETS: dict[str, type[Dataset]] = {
-    cls.name: cls for cls in (Cityscapes, ADE20K, MapillaryVistas, MapillaryVistasV2, CamVid, Folder)
+    cls.name: cls for cls in (Cityscapes, ADE20K, MapillaryVistas, MapillaryVistasV2, CamVid, Folder, NIfTI)
 }
 
 

@@ -198,7 +198,7 @@ class StoreSpec:
     def bucket_layout(self, split: str, bucket: str, target) -> BucketLayout:
         """Shape, slot count and weight encoding of a bucket's arrays at ``target``."""
         plans = [self.plan(split, i, target) for i in self.splits[split].members[bucket]]
-        shape = (max(p.size[0] for p in plans), max(p.size[1] for p in plans))
+        shape = tuple(max(p.size[axis] for p in plans) for axis in range(len(plans[0].size)))
         denominators = [p.denominator for p in plans]
         exact = None not in denominators
         dtype = weight_dtype(max(denominators) if exact else None)

@@ -67,6 +67,12 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
             if vanishing:
                 raise SoftprepError(f"{where}: --scales {vanishing[0].name} makes this {size} image smaller than "
                                     f"one pixel (floor(side x factor) = 0); use factors of at least 1/{min(sides)}")
+            finer = [t for t in targets if t.kind == "spacing" and found.spacings is not None
+                     and any(want < have for want, have in zip(t.value * (3 if len(t.value) == 1 else 1), found.spacings[i]))]
+            if finer and not allow_upsampling:
+                raise SoftprepError(f"{where}: --spacing {finer[0].name} is finer than this volume's voxels "
+                                    f"({'x'.join(f'{v:g}' for v in found.spacings[i])} mm): it would enlarge it; pass "
+                                    "--allow-upsampling if that is intended, or give a coarser spacing")
             if pixels > max_pixels:
                 raise SoftprepError(f"{where}: {size} is {pixels / 1e6:.1f} megapixels, over the "
                                     f"--max-pixels limit of {max_pixels / 1e6:g} (about 1 GiB per worker); raise "

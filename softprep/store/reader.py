@@ -304,6 +304,14 @@ class TargetView:
         """``(N, C) int64`` exact class weights over :attr:`denominators` (zeros for float images)."""
         return self.record("mass_numerator", (len(self.ids), self.store.spec.num_classes))
 
+    def affines(self) -> np.ndarray:
+        """Volumes: ``(N, 4, 4) float64`` each output grid's voxel-to-world affine (mm)."""
+        return self.record("affine", (len(self.ids), 4, 4))
+
+    def spacings(self) -> np.ndarray:
+        """Volumes: ``(N, 3) float64`` each output grid's voxel size in mm (from :meth:`affines`)."""
+        return np.linalg.norm(self.affines()[:, :3, :3], axis=1)
+
     def nn_counts(self) -> np.ndarray:
         """``(N, C) int64`` pixels per class of the ``nn`` maps (:attr:`Store.nn_rule`)."""
         return self.record("nn_counts", (len(self.ids), self.store.spec.num_classes))

@@ -15,6 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from softprep.plan import output_affine
 from softprep.softlabel import IGNORE_INDEX, PackedSoftLabel, SoftLabel, pack, unpack
 from softprep.store.layout import (FORMAT, IMAGE_ZSTD_LEVEL, LIST_CHUNK_MIN, LIST_CHUNK_SHARE, RECORD_CHUNK, ZSTD_LEVEL, BucketLayout,
                                    SplitSpec, StoreSpec, Task, map_arrays)
@@ -59,6 +60,9 @@ def _create_store(path: str | Path, spec: StoreSpec) -> None:
             ndim = split_spec.ndim
             _record_array(tg, "sizes", (n, ndim), "int32")[:] = np.array([p.size for p in plans], dtype=np.int32).reshape(n, ndim)
             _record_array(tg, "denominator", (n,), "int64")[:] = [p.denominator or 0 for p in plans]
+            if split_spec.affines is not None:  # volumes: each output grid's voxel-to-world affine
+                _record_array(tg, "affine", (n, 4, 4), "float64")[:] = np.stack(
+                    [output_affine(a, p.source, p.size) for a, p in zip(split_spec.affines, plans)])
             _record_array(tg, "planes", (n,), "uint8")
             _record_array(tg, "mass", (n, c), "float64")
             _record_array(tg, "mass_numerator", (n, c), "int64")

@@ -1,0 +1,185 @@
+"""Volumes (issue 28): 3-D soft labels by the same 1-D kernels, equal to torch's F.interpolate in 3-D
+(area, trilinear, nearest, nearest-exact); exact per-class volumes at any ratio; output affines
+that nibabel's own resampling agrees with; the `nifti` adapter (MSD and nnU-Net layouts) through
+build, verify and priors; and one line for each bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from softprep import open_store
+from softprep.build import build
+from softprep.datasets import get_dataset
+from softprep.kernels import axis_weights
+from softprep.plan import output_affine, resampling_plan
+from softprep.resample import nearest_labels, resample_axes, soft_label_axes
+
+nibabel = pytest.importorskip("nibabel", reason="volumes need the volumes extra")
+CLASSES = ("background", "organ", "vessel")
+
+
+def phantom(shape=(40, 36, 30), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(image (X, Y, Z) float32, labels (X, Y, Z) uint8)``: an ellipsoid organ and a thin tube."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    label = np.zeros(shape, np.uint8)
+    label[((x - 0.5 * shape[0]) / 12) ** 2 + ((y - 0.45 * shape[1]) / 10) ** 2 + ((z - 0.5 * shape[2]) / 9) ** 2 < 1] = 1
+    label[(np.abs(x - 0.3 * shape[0] - 0.2 * z) < 1.2) & (np.abs(y - 0.7 * shape[1]) < 1.2)] = 2
+    image = (100 * label + rng.normal(0, 5, shape)).astype(np.float32)
+    return image, label
+
+
+def write_msd(root: Path, cases: int = 2, spacing=(1.0, 1.2, 1.5), layout: str = "msd") -> Path:
+    """An MSD (one 4-D image per case, labels as value -> name) or nnU-Net v2 (CASE_0000/_0001 channel
+    files, labels as name -> value) folder of phantoms."""
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-20.0, 10.0, 5.0]
+    for k in range(cases):
+        image, label = phantom((40 - 2 * k, 36, 30 + k), seed=k)
+        if layout == "msd":
+            nibabel.save(nibabel.Nifti1Image(np.stack([image, 2 * image], -1), affine), root / "imagesTr" / f"case_{k:03d}.nii.gz")
+        else:
+            for c, channel in enumerate((image, 2 * image)):
+                nibabel.save(nibabel.Nifti1Image(channel, affine), root / "imagesTr" / f"case_{k:03d}_{c:04d}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(label, affine), root / "labelsTr" / f"case_{k:03d}.nii.gz")
+    labels = ({str(i): n for i, n in enumerate(CLASSES)} if layout == "msd" else {n: i for i, n in enumerate(CLASSES)})
+    channels = {"modality": {"0": "CT", "1": "CT2"}} if layout == "msd" else {"channel_names": {"0": "CT", "1": "CT2"}}
+    (root / "dataset.json").write_text(json.dumps({"name": "phantom", **channels, "labels": labels}))
+    return root
+
+
+def one_hot(label: np.ndarray, classes: int = 3) -> torch.Tensor:
+    return F.one_hot(torch.from_numpy(label).long(), classes).permute(3, 0, 1, 2)[None].float()
+
+
+@pytest.mark.parametrize("kernel, mode, size", [("area", "area", (20, 12, 10)), ("bilinear", "trilinear", (17, 13, 11)),
+                                                ("bilinear", "trilinear", (20, 18, 15))])
+def test_3d_soft_labels_equal_torch_interpolate(kernel, mode, size):
+    """The one-hot volume resampled by torch (area at whole factors, trilinear at any size) is the 3-D
+    soft label; torch's nearest and nearest-exact are the hard maps, bit for bit."""
+    _, label = phantom()
+    taps = [axis_weights(kernel, n, m) for n, m in zip(label.shape, size)]
+    ours = soft_label_axes(label, taps, 3).dense()
+    theirs = F.interpolate(one_hot(label), size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    np.testing.assert_allclose(ours, theirs[0].numpy(), atol=1e-5)
+    for rule in ("nearest", "nearest-exact"):
+        hard = nearest_labels(label, *(axis_weights(rule, n, m) for n, m in zip(label.shape, size)))
+        reference = F.interpolate(torch.from_numpy(label)[None, None].float(), size=size, mode=rule)[0, 0]
+        np.testing.assert_array_equal(hard, reference.numpy().astype(np.uint8))
+
+
+def test_area_keeps_every_class_volume_exactly_at_any_ratio():
+    """Partial volumes: at 40x36x30 -> 17x13x11 (no whole factor) the area soft label's class volumes,
+    in source voxels, equal the label's counts as exact fractions."""
+    _, label = phantom()
+    size = (17, 13, 11)
+    soft = soft_label_axes(label, [axis_weights("area", n, m) for n, m in zip(label.shape, size)], 3)
+    assert soft.exact
+    voxels = Fraction(int(np.prod(label.shape)), int(np.prod(size)))
+    volumes = [Fraction(int(m), soft.denominator) * voxels for m in soft.class_mass()]
+    assert volumes == [Fraction(int(c)) for c in np.bincount(label.ravel(), minlength=3)]
+
+
+def test_output_affines_place_voxel_centres_where_nibabel_resamples():
+    """Our trilinear resampling of the intensity volume equals nibabel.processing's order-1 resampling
+    onto the output grid our affine describes (inside the volume): the affine puts every output voxel
+    centre where the kernels sampled it."""
+    processing = pytest.importorskip("nibabel.processing")
+    image, _ = phantom()
+    affine = np.diag([1.0, 1.2, 1.5, 1.0])
+    affine[:3, 3] = [-20.0, 10.0, 5.0]
+    plan = resampling_plan("bilinear", False, image.shape, "2x2.4x3mm", spacing=(1.0, 1.2, 1.5))
+    ours = resample_axes(image, plan.axes)
+    grid = output_affine(affine, plan.source, plan.size)
+    theirs = processing.resample_from_to(nibabel.Nifti1Image(image, affine), (plan.size, grid), order=1).get_fdata()
+    inside = tuple(slice(1, n - 1) for n in plan.size)
+    np.testing.assert_allclose(ours[inside], theirs[inside], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(grid[:3, :3], axis=0), [2.0, 2.4, 3.0], rtol=0.06)
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunet"])
+def test_a_nifti_dataset_builds_verifies_and_keeps_priors_exactly(layout, tmp_path):
+    root = write_msd(tmp_path / "data", layout=layout)
+    dataset = get_dataset("nifti", root)
+    assert dataset.classes == CLASSES and dataset.image_channels == 2
+    store = tmp_path / "v.zarr"
+    result = subprocess.run([sys.executable, "-m", "softprep.cli", "build", "--dataset", "nifti", "--root", root,
+                             "--out", store, "--spacing", "2", "2.4", "3", "--jobs", "1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    opened = open_store(store)
+    view = opened.samples("train", "2x2.4x3mm")
+    sample = view[0]
+    assert sample.image.shape == (*sample.shape, 2) and sample.image.dtype == np.float32
+    image, label = dataset.read_pair(dataset.samples("train")[0])
+    plan = opened.spec.plan("train", 0, "2x2.4x3mm")
+    np.testing.assert_allclose(sample.image, resample_axes(image, plan.axes), rtol=1e-6)
+    np.testing.assert_array_equal(sample.soft(), soft_label_axes(label, plan.axes, 3).dense())
+    np.testing.assert_allclose(view.affines()[0], output_affine(dataset.geometry(dataset.samples("train")[0])[1],
+                                                                plan.source, plan.size))
+    from softprep.priors import store_priors
+    from softprep.verify import verify
+
+    table = store_priors(opened)
+    assert all(d == 0 for row in table.rows if row.strategy == "area" for d in row.discrepancy)
+    assert verify(store, root=root, jobs=1) == []
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "softprep.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_bad_volumes_are_one_line_naming_the_file(tmp_path):
+    """A 4-D label volume, labels outside dataset.json, a label on another grid, a spacing finer than the
+    source without --allow-upsampling, a zero spacing, a truncated .nii.gz: one line each, and no store
+    passed off as complete."""
+    def fresh(name):
+        return write_msd(tmp_path / name, cases=1)
+
+    def refused(root, *fragments, spacing=("2", "2", "2")):
+        out = tmp_path / f"{root.name}.zarr"
+        result = _cli("build", "--dataset", "nifti", "--root", root, "--out", out, "--spacing", *spacing, "--jobs", "1")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        for fragment in fragments:
+            assert fragment in lines[0], lines[0]
+        assert not out.exists() or not open_store(out).complete
+
+    root = fresh("four_d")
+    label = root / "labelsTr" / "case_000.nii.gz"
+    data = np.asarray(nibabel.load(label).dataobj)
+    nibabel.save(nibabel.Nifti1Image(np.stack([data, data], -1), nibabel.load(label).affine), label)
+    refused(root, str(label), "a label volume is 3-D")
+
+    root = fresh("outside")
+    label = root / "labelsTr" / "case_000.nii.gz"
+    data = np.asarray(nibabel.load(label).dataobj).copy()
+    data[0, 0, 0] = 7
+    nibabel.save(nibabel.Nifti1Image(data, nibabel.load(label).affine), label)
+    refused(root, str(label), "label values [7] are not in dataset.json's labels [0, 1, 2]")
+
+    root = fresh("grid")
+    label = root / "labelsTr" / "case_000.nii.gz"
+    moved = nibabel.load(label).affine.copy()
+    moved[0, 3] += 3
+    nibabel.save(nibabel.Nifti1Image(np.asarray(nibabel.load(label).dataobj), moved), label)
+    refused(root, str(label), "not on its image's grid", "affine")
+
+    refused(fresh("finer"), "is finer than this volume's voxels", "--allow-upsampling", spacing=("0.5", "2", "2"))
+    refused(fresh("zero"), "every value must be a finite number of mm > 0", spacing=("0", "2", "2"))
+
+    root = fresh("truncated")
+    label = root / "labelsTr" / "case_000.nii.gz"
+    label.write_bytes(label.read_bytes()[: len(label.read_bytes()) // 2])
+    refused(root, str(label))
