@@ -104,6 +104,8 @@ def render_sample(store: Store, image_id: str, target, split: str | None = None,
     names = store.classes
     dense = sample.soft()
     chosen = [_class_index(names, name) for name in classes] if classes else most_mixed_classes(dense, DEFAULT_CLASS_PANELS)
+    if len(sample.shape) == 3:
+        return _with_legend(volume_slices(sample, dense, chosen[0], palette, names), [(n, palette[c]) for c, n in enumerate(names)])
     full_size = tuple(store.spec.splits[split].sizes[sample.index])
     h, w = sample.shape
     panels = [(f"colour {w}x{h}", sample.image)]
@@ -129,6 +131,23 @@ def render_sample(store: Store, image_id: str, target, split: str | None = None,
     panels.append((f"pixel ({x}, {y}) at full resolution: class shares (Fig. 4)", _bar_chart(bars, names, palette, size)))
     present = sorted(set(np.flatnonzero(dense.sum((1, 2)) > 0)) | set(np.unique(sample.nn())[np.unique(sample.nn()) < len(names)]))
     return _with_legend(_grid(panels, size), [(names[c], palette[c]) for c in present])
+
+
+def volume_slices(sample, dense: np.ndarray, c: int, palette: np.ndarray, names: list[str], panel: int = 240) -> Image.Image:
+    """A volume's three orthogonal central slices (sagittal, coronal, axial), each as its intensity
+    (first channel), its hard labels (``nn``) and class ``c``'s soft weight."""
+    image = sample.image[..., 0].astype(np.float64)
+    low, high = np.percentile(image, [1, 99])
+    grey = (np.clip((image - low) / max(high - low, 1e-9), 0, 1) * 255).astype(np.uint8)
+    hard, weight = sample.nn(), dense[c]
+    centre = [n // 2 for n in sample.shape]
+    cuts = {"sagittal": lambda a: a[centre[0]], "coronal": lambda a: a[:, centre[1]], "axial": lambda a: a[:, :, centre[2]]}
+    panels = []
+    for name, cut in cuts.items():
+        panels += [(f"{name}: intensity", np.repeat(np.rot90(cut(grey))[..., None], 3, axis=2)),
+                   (f"{name}: labels ({sample.view.store.nn_rule})", colourise(np.rot90(cut(hard)), palette)),
+                   (f"{name}: {names[c]} weight", weight_colours(np.rot90(cut(weight))))]
+    return _grid([(t, np.ascontiguousarray(p)) for t, p in panels], (panel, panel), columns=3)
 
 
 def _split_of(store: Store, image_id: str) -> str:
@@ -217,17 +236,17 @@ def _with_legend(picture: Image.Image, entries: list[tuple[str, np.ndarray]]) ->
     return out
 
 
-def _grid(panels: list[tuple[str, np.ndarray]], size: tuple[int, int]) -> Image.Image:
-    """Panels ``(caption, (h, w, 3) uint8)`` enlarged to ``size`` (nearest), captioned, in COLUMNS columns;
+def _grid(panels: list[tuple[str, np.ndarray]], size: tuple[int, int], columns: int = COLUMNS) -> Image.Image:
+    """Panels ``(caption, (h, w, 3) uint8)`` enlarged to ``size`` (nearest), captioned, in ``columns`` columns;
     captions grow with the panels (:data:`CAPTION` px at least, a 24th of the panel width)."""
     h, w = size
     caption = max(CAPTION, w // 24)
-    rows = -(-len(panels) // COLUMNS)
-    canvas = Image.new("RGB", (COLUMNS * w, rows * (h + caption)), "white")
+    rows = -(-len(panels) // columns)
+    canvas = Image.new("RGB", (columns * w, rows * (h + caption)), "white")
     draw = ImageDraw.Draw(canvas)
     font = _font(caption * 2 // 3)
     for k, (text, pixels) in enumerate(panels):
-        x, y = (k % COLUMNS) * w, (k // COLUMNS) * (h + caption)
+        x, y = (k % columns) * w, (k // columns) * (h + caption)
         canvas.paste(Image.fromarray(pixels).resize((w, h), Image.NEAREST), (x, y + caption))
         draw.text((x + 4, y + caption // 8), text, fill="black", font=font)
     return canvas
