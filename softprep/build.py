@@ -23,7 +23,7 @@ from softprep.kernels import DEFAULT_KERNEL, KERNELS
 from softprep.location import is_remote, location
 from softprep.parallel import default_jobs, die_with_parent, run_tasks, stop_if_orphaned
 from softprep.plan import ResamplingPlan, Target, parse_targets
-from softprep.resample import nearest_labels, prepare_label, resample_axes, resize_image, soft_label_axes
+from softprep.resample import nearest_labels, prepare_label, resample_axes, resize_image, soft_label_axes, threshold_labels
 from softprep.softlabel import pack
 from softprep.store import (
     DEFAULT_SHARD_SIZE, RESERVED_SUFFIXES, SampleRecords, SampleResult, StoreSpec, Task, TargetResult,
@@ -54,6 +54,7 @@ def process_sample(dataset: Dataset, image: np.ndarray, label: np.ndarray, plans
             soft=pack(soft_label_axes(prepared, plan.axes)),
             nn=nearest_labels(label, *plan.nearest),
             nn_floor=nearest_labels(label, *plan.floor),
+            nnunet=threshold_labels(soft_label_axes(prepared, plan.linear)) if len(plan.size) == 3 else None,
         )
         for target, plan in plans.items()
     }

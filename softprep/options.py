@@ -15,6 +15,9 @@ from softprep.kernels import KERNELS
 
 #: Options that take several values after one flag (``--scales 0.125 0.25 0.5``).
 MULTI_VALUE_OPTIONS = ("--scales", "--splits", "--compare-kernels", "--short-side", "--fit", "--rule", "--spacing")
+#: Of those, the ones whose values after one flag make one value (``--spacing 2 2 2``: one voxel size;
+#: ``--spacing 2 2 2 --spacing 4 4 4``: two).
+GROUPED_OPTIONS = ("--spacing",)
 
 
 def _is_number(text: str) -> bool:
@@ -26,7 +29,8 @@ def _is_number(text: str) -> bool:
 
 
 def expand_multi_value_options(args: list[str]) -> list[str]:
-    """Rewrite ``--scales a b c`` as ``--scales a --scales b --scales c`` for click.
+    """Rewrite ``--scales a b c`` as ``--scales a --scales b --scales c`` for click (a
+    :data:`GROUPED_OPTIONS` one as ``--spacing "a b c"``).
 
     A negative number after such an option is a value (to be refused with a real message), not a flag.
     """
@@ -34,8 +38,14 @@ def expand_multi_value_options(args: list[str]) -> list[str]:
     for arg in args:
         if arg in MULTI_VALUE_OPTIONS:
             option = arg
+            if arg in GROUPED_OPTIONS:
+                out += [arg, ""]
+                continue
         elif option and (not arg.startswith("-") or _is_number(arg)):
-            out += [option, arg]
+            if option in GROUPED_OPTIONS:
+                out[-1] = f"{out[-1]} {arg}".strip()
+            else:
+                out += [option, arg]
             continue
         else:
             option = None
@@ -68,7 +78,8 @@ def target_options(function):
     parsed the same way everywhere."""
     function = click.option("--spacing", multiple=True, metavar="MM",
                             help="Volumes: the output voxel size in mm per axis, e.g. --spacing 2 2 2 (one value: "
-                            "isotropic); the extent is kept, from each volume's own voxel size.")(function)
+                            "isotropic); repeat the flag for more targets (--spacing 2 2 2 --spacing 4); the "
+                            "extent is kept, from each volume's own voxel size.")(function)
     function = click.option("--fit", multiple=True, metavar="HxW",
                             help="Fit inside this box keeping the ratio, e.g. --fit 512x1024 (upsamples smaller images).")(function)
     function = click.option("--short-side", multiple=True, metavar="PX",
@@ -83,9 +94,12 @@ def parse_target_options(scales, short_side, fit, spacing=()) -> list:
 
     words = split_args(scales, str) + [f"short{v}" for v in split_args(short_side, str)]
     words += [f"fit{v}" for v in split_args(fit, str)]
-    mm = split_args(spacing, str)
-    if mm:
-        words.append("x".join(mm) + "mm")
+    for value in spacing:  # one voxel size per --spacing: "2 2 2", "2", or targets such as "2x2x2mm 4mm"
+        mm = str(value).replace(",", " ").split()
+        if all(_is_number(v) for v in mm):
+            words.append("x".join(mm) + "mm")
+        else:
+            words += [v if v.endswith("mm") else f"{v}mm" for v in mm]
     return parse_targets(words)
 
 

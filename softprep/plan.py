@@ -164,6 +164,8 @@ class ResamplingPlan:
         nearest: ``nearest-exact`` tables per axis, the hard label aligned with the image (pixel
             centres: the store's ``nn`` map).
         floor: torch ``nearest`` tables per axis (what most pipelines do: ``nn_floor``).
+        linear: ``bilinear`` (trilinear) tables per axis: nnU-Net's order-1 rule for volumes
+            (:func:`softprep.resample.threshold_labels`).
     """
 
     source: tuple[int, ...]
@@ -171,6 +173,7 @@ class ResamplingPlan:
     axes: tuple[AxisWeights, ...]
     nearest: tuple[AxisWeights, ...]
     floor: tuple[AxisWeights, ...]
+    linear: tuple[AxisWeights, ...] = ()
 
     # an image's two axes by name
     rows = property(lambda self: self.axes[0])
@@ -213,6 +216,7 @@ def plan_for_size(kernel: str, antialias: bool, source: tuple[int, ...], size: t
         axes=tuple(axis_weights(kernel, n, m, antialias) for n, m in zip(source, size)),
         nearest=tuple(axis_weights("nearest-exact", n, m) for n, m in zip(source, size)),
         floor=tuple(axis_weights("nearest", n, m) for n, m in zip(source, size)),
+        linear=tuple(axis_weights("bilinear", n, m) for n, m in zip(source, size)),
     )
 
 

@@ -97,6 +97,7 @@ class PriorRow:
     exact: bool
     prior: list[Number]
     discrepancy: list[Number]
+    drift_ml: list[Number] | None = None  # volumes: class volume under the strategy minus at full resolution, mL
 
     @property
     def sum_abs(self) -> Number:
@@ -115,6 +116,7 @@ class PriorTable:
     classes: list[str]
     counts: list[int]
     rows: list[PriorRow]
+    volumes_ml: list[Number] | None = None  # volumes: each class's full-resolution volume, mL
 
     @property
     def original(self) -> list[Fraction]:
@@ -139,34 +141,64 @@ def strategy_name(kernel: str, antialias: bool) -> str:
 def store_priors(store: Store, split: str | None = None) -> PriorTable:
     """Table V of a built store's split from recorded masses: per target, the torch ``nearest`` row
     (the paper's NN baseline, what pipelines do), the ``nearest-exact`` row (pixel centres; format 4
-    stores) and the store's kernel row."""
+    stores), for volumes nnU-Net's row (order 1, then 0.5), and the store's kernel row.
+
+    A volume split also gets each class's volume drift in mL per row (:attr:`PriorRow.drift_ml`),
+    from the recorded voxel counts and each image's voxel size: exactly 0 for ``area``."""
     split = split or _default_split(store.splits)
     if split not in store.splits:
         raise SoftprepError(f"{store.path}: no split {split!r}; the store has {', '.join(store.splits)}")
     if not store.done(split).all():
         raise SoftprepError(f"{store.path}: split {split!r} is not completely built; rerun `softprep build` to finish it")
-    counts = store.counts(split).sum(axis=0)
+    image_counts = store.counts(split)
+    counts = [int(c) for c in image_counts.sum(axis=0)]
     kernel = strategy_name(store.spec.kernel, store.spec.antialias)
-    full_sizes = store.spec.splits[split].sizes
+    split_spec = store.spec.splits[split]
+    voxel_ml = voxel_volumes_ml(split_spec.spacings)
+    volumes_ml = None
+    if voxel_ml is not None:
+        volumes = ClassMass.zeros(len(counts))
+        volumes.add_images(image_counts, np.ones(len(voxel_ml), dtype=np.int64), voxel_ml)
+        volumes_ml = volumes.total
     rows = []
     for target in store.targets:
         view = store.samples(split, target)
-        weights = [image_weight(full, out) for full, out in zip(full_sizes, view.sizes)]
+        weights = [image_weight(full, out) for full, out in zip(split_spec.sizes, view.sizes)]
         hard = {"nearest": view.nn_floor_counts()}
         if store.nn_rule == "nearest-exact":
             hard["nearest-exact"] = view.nn_counts()
-        for rule, pixels in hard.items():
-            nn = ClassMass.zeros(len(counts))
-            nn.add_images(pixels, np.ones(len(view), dtype=np.int64), weights)
-            rows.append(prior_row(rule, target, counts, nn))
+        if view.nnunet_counts() is not None:
+            hard["nnU-Net"] = view.nnunet_counts()
+        for rule, voxels in hard.items():
+            rows.append(mass_row(rule, target, counts, voxels, np.ones(len(view), dtype=np.int64), weights, voxel_ml, volumes_ml))
         if kernel not in hard:
-            soft = ClassMass.zeros(len(counts))
-            if view.exact:
-                soft.add_images(view.mass_numerator(), view.denominators, weights)
-            else:
-                soft.add_images(view.mass(), None, weights)
-            rows.append(prior_row(kernel, target, counts, soft))
-    return PriorTable(split, store.classes, [int(c) for c in counts], rows)
+            mass, denominators = (view.mass_numerator(), view.denominators) if view.exact else (view.mass(), None)
+            rows.append(mass_row(kernel, target, counts, mass, denominators, weights, voxel_ml, volumes_ml))
+    return PriorTable(split, store.classes, counts, rows, volumes_ml)
+
+
+def mass_row(strategy: str, target: str, counts: Sequence[int], mass: np.ndarray, denominators: np.ndarray | None,
+             weights: list[Fraction], voxel_ml: list[Fraction] | None = None, volumes_ml: list[Number] | None = None) -> PriorRow:
+    """The row of one strategy from per-image ``mass (N, C)`` (numerators over ``denominators``, None:
+    floats; hard rules: pixel counts over ones), each image weighted by ``weights`` (source pixels per
+    output pixel); with ``voxel_ml`` (per image, mL) also its volume drift against ``volumes_ml``."""
+    total = ClassMass.zeros(len(counts))
+    total.add_images(mass, denominators, weights)
+    row = prior_row(strategy, target, counts, total)
+    if voxel_ml is None:
+        return row
+    volumes = ClassMass.zeros(len(counts))
+    volumes.add_images(mass, denominators, [w * v for w, v in zip(weights, voxel_ml)])
+    row.drift_ml = [v - o if volumes.exact else float(v) - float(o) for v, o in zip(volumes.total, volumes_ml)]
+    return row
+
+
+def voxel_volumes_ml(spacings) -> list[Fraction] | None:
+    """Each volume's source voxel volume in mL (the product of its spacing in mm, / 1000), exact
+    (Fractions of the recorded floats); None for images (no spacing)."""
+    if spacings is None:
+        return None
+    return [Fraction(math.prod(Fraction(float(v)) for v in spacing), 1000) for spacing in spacings]
 
 
 def image_weight(full_size, size) -> Fraction:
@@ -266,11 +298,16 @@ def format_value(value: Number, exact: bool, scale_factor: float) -> str:
 def table_cells(table: PriorTable, scale_factor: float = DEFAULT_SCALE_FACTOR) -> tuple[list[str], list[list[str]]]:
     """Header and body cells of the paper's layout: strategy, resolution, exactness, sum/max |D|, classes."""
     header = ["strategy", "target", "exact", "sum|D|", "max|D|", *map(printable, table.classes)]
+    if table.volumes_ml is not None:  # volumes: then each class's drift in mL
+        header += [f"{printable(name)} mL" for name in table.classes]
     body = []
     for row in table.rows:
         cells = [row.strategy, target_label(row.target), "exact" if row.exact else "float",
                  format_value(row.sum_abs, row.exact, scale_factor), format_value(row.max_abs, row.exact, scale_factor)]
-        body.append(cells + [format_value(d, row.exact, scale_factor) for d in row.discrepancy])
+        cells += [format_value(d, row.exact, scale_factor) for d in row.discrepancy]
+        if row.drift_ml is not None:
+            cells += ["0" if row.exact and v == 0 else f"{float(v):+.2f}" for v in row.drift_ml]
+        body.append(cells)
     return header, body
 
 
@@ -286,7 +323,10 @@ def render(table: PriorTable, fmt: str = "text", scale_factor: float = DEFAULT_S
         csv.writer(out, lineterminator="\n").writerows([header, *body])
         return out.getvalue()
     caption = (f"D = p_original - p_d per class (eq. 5), x{scale_factor:g}; split {table.split}, "
-               f"{sum(table.counts)} valid full-resolution pixels; exact rows print exact zeros as 0")
+               f"{sum(table.counts)} valid full-resolution {'voxels' if table.volumes_ml is not None else 'pixels'}; exact rows print exact zeros as 0")
+    if table.volumes_ml is not None:
+        caption += ("; 'mL': each class's volume under the rule minus its full-resolution volume ("
+                    + ", ".join(f"{printable(n)} {float(v):.2f} mL" for n, v in zip(table.classes, table.volumes_ml)) + ")")
     if fmt == "markdown":
         header = [cell.replace("|", "\\|") for cell in header]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -302,15 +342,17 @@ def to_json(table: PriorTable) -> dict:
     """Machine-readable table, unscaled, full precision.
 
     Keys: ``split``; ``classes`` (C names); ``counts`` (C full-resolution valid pixels);
-    ``original_prior`` (C floats, ``p_original,c``); ``rows``: list of ``{strategy, target, exact,
-    prior (C floats p_d,c), discrepancy (C floats D_d,c), discrepancy_fraction (C strings "n/d"
-    when exact, else null), sum_abs, max_abs}``.
+    ``original_prior`` (C floats, ``p_original,c``); ``volumes_ml`` (volumes: C full-resolution class
+    volumes in mL, else null); ``rows``: list of ``{strategy, target, exact, prior (C floats p_d,c),
+    discrepancy (C floats D_d,c), discrepancy_fraction (C strings "n/d" when exact, else null),
+    sum_abs, max_abs, drift_ml (volumes: C floats, the class volume change in mL, else null)}``.
     """
     return {
         "split": table.split,
         "classes": table.classes,
         "counts": table.counts,
         "original_prior": [float(p) for p in table.original],
+        "volumes_ml": None if table.volumes_ml is None else [float(v) for v in table.volumes_ml],
         "rows": [
             {
                 "strategy": row.strategy,
@@ -321,6 +363,7 @@ def to_json(table: PriorTable) -> dict:
                 "discrepancy_fraction": [str(d) for d in row.discrepancy] if row.exact else None,
                 "sum_abs": float(row.sum_abs),
                 "max_abs": float(row.max_abs),
+                "drift_ml": None if row.drift_ml is None else [float(v) for v in row.drift_ml],
             }
             for row in table.rows
         ],

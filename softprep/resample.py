@@ -77,6 +77,22 @@ def nearest_labels(label: np.ndarray, *taps: AxisWeights) -> np.ndarray:
     return label[np.ix_(*(t.index[:, 0] for t in taps))]
 
 
+def threshold_labels(linear: SoftLabel) -> np.ndarray:
+    """nnU-Net's hard labels (``resize_segmentation``: each class's one-hot resized with order-1
+    interpolation, the class set where it reaches 0.5, a later class over an earlier one) from the
+    soft label of the linear kernel (``bilinear`` tables on every axis): ``(shape) uint8``,
+    0 (background) where no class reaches half of the voxel.
+
+    Exact weights are compared in integers (``2 w >= D``): a class at exactly one half counts.
+    """
+    reach = linear.weights.astype(np.int64) * 2 >= linear.denominator if linear.exact else linear.weights >= 0.5
+    reach &= linear.classes != IGNORE_INDEX
+    labels = np.zeros(linear.shape, np.uint8)
+    for classes, reached in zip(linear.classes, reach):  # at most two slots reach one half
+        np.maximum(labels, classes, out=labels, where=reached)
+    return labels
+
+
 @dataclass(frozen=True)
 class PreparedLabel:
     """A label map readied for soft labelling at several scales (shared work done once).

@@ -27,7 +27,7 @@ from softprep.errors import SoftprepError, printable
 from softprep.datasets import get_dataset
 from softprep.parallel import batches, run_tasks
 from softprep.plan import output_affine
-from softprep.resample import prepare_label, soft_label_axes
+from softprep.resample import prepare_label, soft_label_axes, threshold_labels
 from softprep.softlabel import IGNORE_INDEX, MIXED, PackedSoftLabel, SoftLabel, unpack
 from softprep.location import is_remote
 from softprep.store import Store, TargetView, attrs_digest, map_arrays, open_store, shard_file
@@ -38,10 +38,10 @@ RECORD_ARRAYS = ("sizes", "denominator", "planes", "mass", "mass_numerator", "nn
 
 def record_arrays(store: Store, split: str | None = None) -> tuple[str, ...]:
     """The per-image record arrays of each target of ``store`` (format 3 kept no ``nn_floor_counts``;
-    a volume split adds each output grid's ``affine``)."""
+    a volume split adds each output grid's ``affine`` and nnU-Net's ``nnunet_counts``)."""
     names = RECORD_ARRAYS if store.format_version >= 4 else RECORD_ARRAYS[:-1]
     if split is not None and store.spec.splits[split].affines is not None:
-        names += ("affine",)
+        names += ("affine", "nnunet_counts")
     return names
 FLOAT_TOLERANCE = 1e-5
 
@@ -186,15 +186,16 @@ def check_images(store_path: str, split: str, indices: range, root: str | Path |
                                                                          soft)]
             if label is not None and soft is not None:
                 problems += [f"{where}: {p}" for p in _check_valid_fraction(store, split, i, view.target, label, soft)]
+                problems += [f"{where}: {p}" for p in _check_nnunet_counts(store, view, i, label)]
     return problems, len(indices)
 
 
-def _check_counts_bounds(counts: np.ndarray, size) -> list[str]:
-    """Recorded full-resolution ``counts (C,)`` are pixel counts of an ``(H, W)`` image: none below
-    0, together at most ``H W``."""
-    total = int(counts.astype(object).sum())
-    if (counts < 0).any() or total > math.prod(int(v) for v in size):
-        return [f"recorded class counts (min {int(counts.min())}, sum {total}) are not pixel counts of a "
+def _check_counts_bounds(counts: np.ndarray, size, every_voxel: bool = False, name: str = "recorded class counts") -> list[str]:
+    """Recorded ``counts (C,)`` are pixel counts of an ``(H, W)`` image: none below 0, together at
+    most ``H W`` (``every_voxel``: exactly, a rule that labels every voxel)."""
+    total, pixels = int(counts.astype(object).sum()), math.prod(int(v) for v in size)
+    if (counts < 0).any() or total > pixels or (every_voxel and total != pixels):
+        return [f"{name} (min {int(counts.min())}, sum {total}) are not pixel counts of a "
                 f"{'x'.join(map(str, size))} image; rebuild the store"]
     return []
 
@@ -234,7 +235,7 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
     for name in ("image", *map_arrays(store.format_version >= 4 and bucket.attrs.get("nn_floor", False))):
         arrays[name] = _read_image_array(store, bucket[name], position, (), name, problems)
     try:
-        records = {name: view.group[name][i] for name in record_arrays(store)}
+        records = {name: view.group[name][i] for name in record_arrays(store, view.split)}
     except Exception:  # noqa: BLE001 - reported with its chunk by _check_split_records
         return None, problems
     if problems:
@@ -250,6 +251,8 @@ def _read_sample(store: Store, view: TargetView, i: int) -> tuple[SoftLabel | No
     weights = arrays["mixed_weights"]
     denominator = plan.denominator if weights.dtype.kind == "u" else None
     soft = unpack(PackedSoftLabel(classes, arrays["mixed_classes"], weights, store.spec.num_classes, denominator))
+    if "nnunet_counts" in records:
+        problems += _check_counts_bounds(records["nnunet_counts"], plan.size, every_voxel=True, name="nnunet_counts")
     maps = {"nn_counts": arrays["nn"][crop]}
     if "nn_floor_counts" in records:
         maps["nn_floor_counts"] = arrays.get("nn_floor", arrays["nn"])[crop]
@@ -329,6 +332,20 @@ def _check_valid_fraction(store: Store, split: str, i: int, target: str, label: 
     error = np.abs(_pixel_sums(soft) - expected).max(initial=0) / (soft.denominator if soft.exact else 1)
     if error > (0 if soft.exact else FLOAT_TOLERANCE):
         return [f"weights: per-pixel sums differ from the valid fraction by up to {error:.3g}"]
+    return []
+
+
+def _check_nnunet_counts(store: Store, view: TargetView, i: int, label: np.ndarray) -> list[str]:
+    """A volume's recorded ``nnunet_counts`` are those of nnU-Net's rule applied to its label file."""
+    recorded = view.nnunet_counts()
+    if recorded is None:
+        return []
+    plan = store.spec.plan(view.split, i, view.target)
+    prepared = prepare_label(label, store.spec.num_classes, store.spec.ignore_index)
+    labels = threshold_labels(soft_label_axes(prepared, plan.linear))
+    counts = np.bincount(labels.ravel(), minlength=256)[:store.spec.num_classes]
+    if not np.array_equal(counts, recorded[i]):
+        return [f"nnunet_counts: recorded counts differ from nnU-Net's rule on the label file (classes {_differing(counts, recorded[i])})"]
     return []
 
 

@@ -22,7 +22,7 @@ from softprep.build import build
 from softprep.datasets import get_dataset
 from softprep.kernels import axis_weights
 from softprep.plan import output_affine, resampling_plan
-from softprep.resample import nearest_labels, resample_axes, soft_label_axes
+from softprep.resample import nearest_labels, resample_axes, soft_label_axes, threshold_labels
 
 nibabel = pytest.importorskip("nibabel", reason="volumes need the volumes extra")
 CLASSES = ("background", "organ", "vessel")
@@ -80,6 +80,32 @@ def test_3d_soft_labels_equal_torch_interpolate(kernel, mode, size):
         np.testing.assert_array_equal(hard, reference.numpy().astype(np.uint8))
 
 
+def nnunet_reference(label: np.ndarray, size, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """nnU-Net's ``resize_segmentation`` by torch: each class's one-hot trilinear (order 1, centres
+    aligned), the class where it reaches 0.5, later classes over earlier; and where a value lies within
+    1e-9 of 0.5 (float rounding decides those)."""
+    labels, tie = np.zeros(size, np.uint8), np.zeros(size, bool)
+    for c in range(1, classes):
+        share = F.interpolate(torch.from_numpy((label == c).astype(np.float64))[None, None], size=size,
+                              mode="trilinear", align_corners=False)[0, 0].numpy()
+        labels[share >= 0.5] = c
+        tie |= np.abs(share - 0.5) < 1e-9
+    return labels, tie
+
+
+@pytest.mark.parametrize("size", [(17, 13, 11), (20, 18, 15), (9, 31, 7)])
+def test_nnunet_rule_equals_torch_trilinear_then_half(size):
+    """threshold_labels on the linear soft label is nnU-Net's rule, voxel for voxel (ties at exactly
+    one half, which torch's floats round either way, are ours exact)."""
+    _, label = phantom()
+    label = label.copy()
+    label[::3, ::2, ::5] = 1  # many voxels where classes compete
+    ours = threshold_labels(soft_label_axes(label, [axis_weights("bilinear", n, m) for n, m in zip(label.shape, size)], 3))
+    theirs, tie = nnunet_reference(label, size)
+    np.testing.assert_array_equal(ours[~tie], theirs[~tie])
+    assert (ours != 0).sum() > 100
+
+
 def test_area_keeps_every_class_volume_exactly_at_any_ratio():
     """Partial volumes: at 40x36x30 -> 17x13x11 (no whole factor) the area soft label's class volumes,
     in source voxels, equal the label's counts as exact fractions."""
@@ -134,6 +160,62 @@ def test_a_nifti_dataset_builds_verifies_and_keeps_priors_exactly(layout, tmp_pa
     table = store_priors(opened)
     assert all(d == 0 for row in table.rows if row.strategy == "area" for d in row.discrepancy)
     assert verify(store, root=root, jobs=1) == []
+
+
+def test_priors_report_each_rules_volume_drift_in_ml(tmp_path):
+    """Two spacing targets in one build (--spacing repeated); priors' volume drift per class in mL,
+    against volumes computed here from the label files, the recorded hard maps and the output affines'
+    voxel sizes: nearest, nearest-exact and nnU-Net's rule drift, area is exactly 0 (a Fraction)."""
+    root = write_msd(tmp_path / "data")
+    store = tmp_path / "v.zarr"
+    result = _cli("build", "--dataset", "nifti", "--root", root, "--out", store, "--spacing", "2", "2.4", "3",
+                  "--spacing", "4", "--jobs", "1")
+    assert result.returncode == 0, result.stderr
+    from softprep.priors import render, store_priors
+
+    opened = open_store(store)
+    assert opened.targets == ["2x2.4x3mm", "4mm"]
+    dataset = get_dataset("nifti", root)
+    labels = [dataset.read_pair(s)[1] for s in dataset.samples("train")]
+    source_ml = [np.prod(dataset.geometry(s)[0]) / 1000 for s in dataset.samples("train")]
+    full = sum(np.bincount(label.ravel(), minlength=3) * ml for label, ml in zip(labels, source_ml))
+    table = store_priors(opened)
+    np.testing.assert_allclose([float(v) for v in table.volumes_ml], full)
+    rows = {(row.strategy, row.target): row for row in table.rows}
+    assert {s for s, _ in rows} == {"nearest", "nearest-exact", "nnU-Net", "area"}
+    for target in opened.targets:
+        view = opened.samples("train", target)
+        voxel_ml = np.abs(np.linalg.det(view.affines()[:, :3, :3])) / 1000
+        hard = {"nearest": [view[i].nn_floor() for i in range(len(view))],
+                "nearest-exact": [view[i].nn() for i in range(len(view))],
+                "nnU-Net": [nnunet_reference(label, tuple(view.sizes[i]))[0] for i, label in enumerate(labels)]}
+        for rule, maps in hard.items():
+            volumes = sum(np.bincount(m.ravel(), minlength=3) * ml for m, ml in zip(maps, voxel_ml))
+            np.testing.assert_allclose([float(v) for v in rows[rule, target].drift_ml], volumes - full, atol=0.02)
+        assert abs(rows["nearest", target].drift_ml[2]) > 0.05  # the thin vessel moves
+        assert rows["area", target].drift_ml == [0, 0, 0] and all(isinstance(v, Fraction) for v in rows["area", target].drift_ml)
+    text = render(table)
+    assert "vessel mL" in text and "valid full-resolution voxels" in text
+
+
+def test_verify_finds_a_wrong_nnunet_count(tmp_path):
+    root = write_msd(tmp_path / "data", cases=1)
+    store = tmp_path / "v.zarr"
+    assert _cli("build", "--dataset", "nifti", "--root", root, "--out", store, "--spacing", "2", "--jobs", "1").returncode == 0
+    import zarr
+
+    from softprep.verify import verify
+
+    array = zarr.open_group(str(store), mode="r+")["train/2mm/nnunet_counts"]
+    counts = array[:]
+    counts[0, 1] += 1
+    counts[0, 0] -= 1  # the total still matches: only the label file tells
+    array[:] = counts
+    problems = verify(store, root=root, jobs=1)
+    assert any("nnunet_counts: recorded counts differ from nnU-Net's rule" in p for p in problems), problems
+    counts[0, 0] += 5
+    array[:] = counts
+    assert any("nnunet_counts (min" in p for p in verify(store, jobs=1))
 
 
 def _cli(*args, cwd=None):

@@ -1,4 +1,4 @@
-"""The Zarr v3 store (format 3), by role: :mod:`~softprep.store.layout` (the typed spec, no zarr),
+"""The Zarr v3 store (format 4), by role: :mod:`~softprep.store.layout` (the typed spec, no zarr),
 :mod:`~softprep.store.writer` (arrays, shard and record writes, completion),
 :mod:`~softprep.store.lifecycle` (lock, atomic create, clean-up, delete) and
 :mod:`~softprep.store.reader` (the one reader everything uses).
@@ -17,6 +17,8 @@ Layout (``docs/store-format.md`` is the full specification)::
           mass_numerator (N, C) int64     the same, exact numerators over ``denominator`` (0 where float)
           nn_counts      (N, C) int64     nn pixels per class
           nn_floor_counts (N, C) int64    nn_floor pixels per class
+          nnunet_counts  (N, C) int64     volumes: voxels per class of nnU-Net's rule (order 1, then >= 0.5)
+          affine         (N, 4, 4) float64 volumes: each output grid's voxel-to-world affine (mm)
           {bucket}/                   images whose full-resolution size falls in one size bucket
             image          (Nb, Hb, Wb, 3) uint8
             classes        (Nb, Hb, Wb) uint8    single-class pixels' class, 254 = mixed, 255 = nothing

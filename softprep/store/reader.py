@@ -321,6 +321,13 @@ class TargetView:
         name = "nn_floor_counts" if self.store.nn_rule != "nearest" else "nn_counts"
         return self.record(name, (len(self.ids), self.store.spec.num_classes))
 
+    def nnunet_counts(self) -> np.ndarray | None:
+        """Volumes: ``(N, C) int64`` voxels per class of nnU-Net's order-1-then-0.5 labels (not stored
+        as maps; :func:`softprep.resample.threshold_labels`), None for images."""
+        if self.store.spec.splits[self.split].ndim != 3:
+            return None
+        return self.record("nnunet_counts", (len(self.ids), self.store.spec.num_classes))
+
     def planes(self) -> np.ndarray:
         """``(N,) uint8`` soft-label slots used per image (read once: a complete store never changes them)."""
         if self._planes is None or not self.store.complete:

@@ -68,6 +68,8 @@ def _create_store(path: str | Path, spec: StoreSpec) -> None:
             _record_array(tg, "mass_numerator", (n, c), "int64")
             _record_array(tg, "nn_counts", (n, c), "int64")
             _record_array(tg, "nn_floor_counts", (n, c), "int64")
+            if ndim == 3:  # volumes: the voxels per class of nnU-Net's rule, for priors' volume drift
+                _record_array(tg, "nnunet_counts", (n, c), "int64")
             for bucket, members in split_spec.members.items():
                 _create_bucket(tg.create_group(bucket), len(members), spec.shard_images(split, bucket),
                                spec.bucket_layout(split, bucket, target), spec)
@@ -94,12 +96,14 @@ def _create_bucket(group, n: int, shard: int, layout: BucketLayout, spec: StoreS
 @dataclass
 class TargetResult:
     """One image at one target: ``image (h, w, 3) uint8`` (a volume: ``(x, y, z, C) float32``), its packed soft label, and its hard labels
-    ``nn (h, w) uint8`` (``nearest-exact``) and ``nn_floor (h, w) uint8`` (torch ``nearest``)."""
+    ``nn (h, w) uint8`` (``nearest-exact``) and ``nn_floor (h, w) uint8`` (torch ``nearest``); a volume
+    also nnU-Net's order-1-then-0.5 labels ``nnunet (x, y, z) uint8`` (only counted, never stored)."""
 
     image: np.ndarray
     soft: PackedSoftLabel
     nn: np.ndarray
     nn_floor: np.ndarray
+    nnunet: np.ndarray | None = None
 
 
 @dataclass
@@ -121,10 +125,11 @@ class SampleRecords:
     mass_numerator: dict[str, np.ndarray]  # (C,) int64, zeros when the weights are floats
     nn_counts: dict[str, np.ndarray]  # (C,) int64
     nn_floor_counts: dict[str, np.ndarray]  # (C,) int64
+    nnunet_counts: dict[str, np.ndarray]  # (C,) int64, volumes only
 
     @classmethod
     def of(cls, index: int, result: SampleResult) -> "SampleRecords":
-        planes, mass, numerator, nn_counts, floor_counts = {}, {}, {}, {}, {}
+        planes, mass, numerator, nn_counts, floor_counts, nnunet_counts = {}, {}, {}, {}, {}, {}
         c = len(result.counts)
         for target, r in result.targets.items():
             planes[target] = r.soft.planes
@@ -133,7 +138,9 @@ class SampleRecords:
             mass[target] = exact_mass / r.soft.denominator if r.soft.exact else exact_mass
             nn_counts[target] = np.bincount(r.nn.ravel(), minlength=256)[:c].astype(np.int64)
             floor_counts[target] = np.bincount(r.nn_floor.ravel(), minlength=256)[:c].astype(np.int64)
-        return cls(index, result.counts, planes, mass, numerator, nn_counts, floor_counts)
+            if r.nnunet is not None:
+                nnunet_counts[target] = np.bincount(r.nnunet.ravel(), minlength=256)[:c].astype(np.int64)
+        return cls(index, result.counts, planes, mass, numerator, nn_counts, floor_counts, nnunet_counts)
 
 
 def write_shard(path: str | Path, spec: StoreSpec, task: Task, results: list[SampleResult]) -> None:
@@ -210,6 +217,8 @@ def _write_records(root, split: str, records: list[SampleRecords]) -> None:
         tg["mass_numerator"].oindex[index] = np.stack([r.mass_numerator[target] for r in records])
         tg["nn_counts"].oindex[index] = np.stack([r.nn_counts[target] for r in records])
         tg["nn_floor_counts"].oindex[index] = np.stack([r.nn_floor_counts[target] for r in records])
+        if records[0].nnunet_counts:
+            tg["nnunet_counts"].oindex[index] = np.stack([r.nnunet_counts[target] for r in records])
     group["done"].oindex[index] = 1
 
 
