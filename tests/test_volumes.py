@@ -9,6 +9,7 @@ import gzip
 import json
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from softprep import open_store
+from softprep import SoftprepError, open_store
 from softprep.build import build
 from softprep.datasets import get_dataset
 from softprep.kernels import axis_weights
 from softprep.plan import output_affine, resampling_plan
 from softprep.resample import nearest_labels, resample_axes, soft_label_axes, threshold_labels
+from softprep.verify import verify
 
 nibabel = pytest.importorskip("nibabel", reason="volumes need the volumes extra")
 CLASSES = ("background", "organ", "vessel")
@@ -265,3 +267,83 @@ def test_bad_volumes_are_one_line_naming_the_file(tmp_path):
     label = root / "labelsTr" / "case_000.nii.gz"
     label.write_bytes(label.read_bytes()[: len(label.read_bytes()) // 2])
     refused(root, str(label))
+
+
+# Reliability: every promise of docs/reliability.md, on volume stores.
+
+def volume_build(root: Path, out: Path, *extra) -> list:
+    return ["build", "--dataset", "nifti", "--root", root, "--out", out, "--spacing", "2", "--spacing", "3", "3", "3",
+            "--shard-size", "1", "--jobs", "2", *extra]
+
+
+def test_a_volume_build_killed_at_random_moments_resumes_to_identical_files(tmp_path):
+    """Volume builds SIGKILLed at random moments (start-up, creation, shards, completion) and an
+    --overwrite rebuild over another volume dataset's store: each rerun finishes a store equal, file
+    for file and byte for byte, to a clean build, and verify finds it sound against the files."""
+    from tests.test_reliability import kill_after, phase_of, same_files, softprep
+
+    root = write_msd(tmp_path / "data", cases=4)
+    other = write_msd(tmp_path / "other", cases=4, spacing=(1.0, 1.0, 1.0))
+    reference = tmp_path / "reference.zarr"
+    started = time.perf_counter()
+    assert softprep(*volume_build(root, reference)).returncode == 0
+    duration = time.perf_counter() - started
+    rng = np.random.default_rng(1)
+    phases = []
+    for k in range(8):
+        out = tmp_path / f"killed{k}.zarr"
+        args = volume_build(root, out)
+        if k % 2:
+            assert softprep(*volume_build(other, out)).returncode == 0
+            args = [*args, "--overwrite"]
+        kill_after(args, rng.uniform(0.3, 1.0) * duration)
+        phases.append(phase_of(out))
+        if phases[-1] == "shards":
+            assert "UNFINISHED" in softprep("info", out).stdout
+            with pytest.raises(SoftprepError, match="not built|not completely built"):
+                view = open_store(out).samples("train", "2mm")
+                [view[i].soft() for i in range(len(view))]
+        resumed = softprep(*volume_build(root, out))
+        if resumed.returncode and "store was built from other files" in resumed.stderr:
+            assert open_store(out).complete  # the other dataset's store, untouched, refused, never called ours
+            resumed = softprep(*volume_build(root, out, "--overwrite"))
+        assert resumed.returncode == 0, (phases[-1], resumed.stderr)
+        same_files(reference, out)
+    assert "shards" in phases, phases
+    assert verify(reference, root=root, jobs=1) == []
+
+
+def test_volume_stores_refuse_strangers_folders_locks_and_changed_files(tmp_path):
+    """--overwrite never deletes a folder softprep did not make; a locked volume store is refused; a
+    rerun after a label volume changed is refused, naming it; a damaged chunk is found by verify and
+    refused by readers."""
+    import zarr
+
+    from softprep.store import shard_file, store_lock
+    from tests.test_reliability import assert_one_line_error, softprep
+
+    root = write_msd(tmp_path / "data", cases=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert_one_line_error(softprep(*volume_build(root, mine, "--overwrite")), str(mine), "softprep did not make it")
+    assert (mine / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "v.zarr"
+    with store_lock(out):
+        assert_one_line_error(softprep(*volume_build(root, out)), "another softprep build")
+    assert softprep(*volume_build(root, out)).returncode == 0
+    label = root / "labelsTr" / "case_001.nii.gz"
+    data = np.asarray(nibabel.load(label).dataobj).copy()
+    data[5, 5, 5] = 2 - data[5, 5, 5]
+    nibabel.save(nibabel.Nifti1Image(data, nibabel.load(label).affine), label)
+    assert_one_line_error(softprep(*volume_build(root, out)), "store was built from other files", "case_001")
+    view = open_store(out).samples("train", "2mm")
+    shard = shard_file(view.bucket(0)["mixed_weights"], view.positions[0], out)
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(SoftprepError, match=r"#0\): mixed_weights cannot be read"):
+        view[0].soft()
+    problems = verify(out, jobs=1)
+    assert any("train/2mm: image" in p and "mixed_weights" in p for p in problems), problems
+    assert zarr.open_group(str(out), mode="r").attrs["softprep"]["complete"]  # damage is reported, never hidden
