@@ -138,7 +138,7 @@ def split_args(values, kind=float):
 
 
 class SizeType(click.ParamType):
-    """``HxW`` (e.g. ``256x512``) -> ``(h, w)`` ints."""
+    """``HxW`` (e.g. ``256x512``) -> ``(h, w)`` ints; a volume's ``XxYxZ`` -> ``(x, y, z)``."""
 
     name = "HxW"
 
@@ -146,12 +146,12 @@ class SizeType(click.ParamType):
         if value is None or isinstance(value, tuple):
             return value
         try:
-            h, w = (int(v) for v in str(value).lower().split("x"))
-            if h < 1 or w < 1:
+            sides = tuple(int(v) for v in str(value).lower().split("x"))
+            if len(sides) not in (2, 3) or min(sides) < 1:
                 raise ValueError
         except ValueError:
-            self.fail(f"{value!r}: expected HxW with positive sides, e.g. 256x512", param, ctx)
-        return h, w
+            self.fail(f"{value!r}: expected HxW (a volume: XxYxZ) with positive sides, e.g. 256x512", param, ctx)
+        return sides
 
 
 SIZE = SizeType()

@@ -181,6 +181,8 @@ class StoreDataset(Dataset):
     target ``1.0``), ``"floor"`` by torch ``nearest`` from the ``nn_floor`` map.
     """
 
+    finish = staticmethod(finish_sample)
+
     def __init__(self, store_path: str, split: str, target, augment: Augment | None = None,
                  densify: str = "worker", cache: bool = False, nn_sampling: str = default("nn_sampling")):
         store = open_store(store_path)
@@ -266,7 +268,7 @@ class StoreDataset(Dataset):
         return {**colour,
             "image": torch.from_numpy(image),
             "classes": torch.from_numpy(soft.classes),
-            "weights": _compact_weights(soft.weights),
+            "weights": compact_weights(soft.weights),
             "denominator": float(soft.denominator or 1),
             "nn": torch.from_numpy(nn),
             "row_index": torch.from_numpy(row_index), "row_weight": torch.from_numpy(row_weight),
@@ -304,7 +306,7 @@ def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image - mean) / std
 
 
-def _compact_weights(weights: np.ndarray) -> torch.Tensor:
+def compact_weights(weights: np.ndarray) -> torch.Tensor:
     """Stored weights as they travel to the trainer: integer numerators stay integers (uint8 for
     D = 4 is 4x smaller than float32); torch's missing uint16/uint32 arithmetic widens those."""
     widened = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}.get(weights.dtype)
@@ -318,12 +320,15 @@ def collate(items: list[dict]) -> dict | list[dict]:
     return items
 
 
-def to_device(batch: dict | list[dict], device: torch.device | str, num_classes: int | None = None) -> dict:
-    """A batch on ``device``: ``image (B, 3, h, w)``, ``soft (B, C, h, w)``, ``nn (B, h, w)``."""
+def to_device(batch: dict | list[dict], device: torch.device | str, num_classes: int | None = None,
+              finish: Callable[[dict, int | None], dict] = finish_sample) -> dict:
+    """A batch on ``device``: ``image (B, 3, h, w)``, ``soft (B, C, h, w)``, ``nn (B, h, w)`` (volumes:
+    ``(B, C_in, x, y, z)`` ...). Raw (sparse) samples are finished there by ``finish`` (the
+    dataset's: :func:`finish_sample`, or a volume dataset's ``finish_patch``)."""
     if isinstance(batch, dict):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    done = [finish_sample({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in raw.items()},
-                          num_classes) for raw in batch]
+    done = [finish({k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in raw.items()},
+                   num_classes) for raw in batch]
     return {key: torch.stack([d[key] for d in done]) for key in done[0]}
 
 

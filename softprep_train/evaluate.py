@@ -96,7 +96,7 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, mode: str, windo
 def load_checkpoint(path: str | Path, device: torch.device, verify: bool = True) -> tuple[torch.nn.Module, dict]:
     """The model of a checkpoint (eval mode, on ``device``) and the checkpoint dict (``verify``: its checksum)."""
     state = load_checkpoint_state(path, device, verify)
-    model = build_model(state["config"]["model"], state["num_classes"])
+    model = build_model(state["config"]["model"], state["num_classes"], in_channels=state.get("in_channels", 3))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as error:  # another model's or class count's weights
@@ -182,6 +182,9 @@ def evaluate(checkpoint: str | Path, store_path: str | Path, split: str = "val",
     if store.classes != state["classes"]:
         raise SoftprepError(f"{store_path}: classes differ from the checkpoint's; evaluate on a store of the same dataset")
     view = store.samples(split, target)
+    if view.sizes.shape[1] != 2:
+        raise SoftprepError(f"{store_path}: eval scores 2-D images at full resolution; split {split!r} holds volumes, which "
+                            "it does not score yet (the MONAI adapter, softprep_train.monai, feeds MONAI's metrics)")
     labels = full_resolution_labels(store, split, root)
     pairs = ((view[i].image, labels(i)) for i in tqdm(range(len(view)), desc="eval", unit="img",
                                                        disable=None if progress else True))

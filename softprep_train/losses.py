@@ -27,8 +27,8 @@ def kl_loss(logits: torch.Tensor, target: torch.Tensor, mc: bool = True,
     """Eq. 4 KL divergence, mean over valid pixels weighted by their valid fraction.
 
     Args:
-        logits: ``(B, C, h, w)`` float.
-        target: ``(B, C, h, w)`` soft label (per-pixel sums in [0, 1]).
+        logits: ``(B, C, h, w)`` float (volumes: ``(B, C, x, y, z)``).
+        target: ``(B, C, h, w)`` soft label (per-pixel sums in [0, 1]), the logits' shape.
         mc: include multi-class pixels (``False``: single-class pixels only).
         class_weights: optional ``(C,)``; a pixel is weighted by ``sum_c (y_c / v) * w_c``.
 
@@ -45,7 +45,7 @@ def kl_loss(logits: torch.Tensor, target: torch.Tensor, mc: bool = True,
     if not mc:
         weight = weight * (normalised.amax(dim=1) >= 1 - SINGLE_CLASS_EPS)
     if class_weights is not None:
-        weight = weight * torch.einsum("bchw,c->bhw", normalised, class_weights.to(normalised))
+        weight = weight * (normalised * class_weights.to(normalised).view(1, -1, *[1] * (normalised.ndim - 2))).sum(dim=1)
     total = weight.sum()
     return (weight * per_pixel).sum() / total.clamp_min(1e-12)
 

@@ -9,7 +9,8 @@ A timm backbone (``features_only``, never downloaded) plus a small in-tree head:
 
 And a compact U-Net (``unet_small``, under 1 M parameters): logits at full input resolution from
 a 4-level encoder-decoder, the model that can see 3-pixel poles at 1/8 of CamVid on a CPU (the
-timm backbones above predict at stride 4: one logit per 32x32 full-resolution pixels at 1/8).
+timm backbones above predict at stride 4: one logit per 32x32 full-resolution pixels at 1/8); and
+its 3-D sibling ``unet3d`` for volume stores (any number of input channels, InstanceNorm).
 
 And every architecture of ``segmentation_models_pytorch`` (the ``smp`` extra), named
 ``smp:ARCH/ENCODER`` (``smp:DeepLabV3Plus/resnet50``, ``smp:Unet/resnet34``, ``smp:FPN/resnet18``,
@@ -112,36 +113,41 @@ class Segmenter(nn.Module):
 
 
 class UNet(nn.Module):
-    """A compact U-Net: ``len(widths)`` levels of two 3x3 conv-BN-ReLU, max-pooling down, bilinear
-    upsampling and skip concatenation up, a 1x1 classifier at full input resolution.
+    """A compact U-Net, 2-D or 3-D (``dims``): ``len(widths)`` levels of two 3x3(x3) conv-norm-ReLU
+    (BatchNorm for images; InstanceNorm for volumes, trained in batches of a few patches), max-pooling
+    down, (tri)linear upsampling and skip concatenation up, a 1x1 classifier at full input resolution.
 
-    Inputs of any size: zero-padded (bottom, right) to a multiple of ``2 ** (levels - 1)``, logits
-    cropped back. ``(B, 3, H, W) -> (B, C, H, W)``.
+    Inputs of any size: zero-padded (at the end of each axis) to a multiple of ``2 ** (levels - 1)``,
+    logits cropped back. ``(B, in_channels, H, W) -> (B, C, H, W)``; volumes ``(B, in_channels, X, Y, Z)``.
     """
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...]):
+    def __init__(self, num_classes: int, widths: tuple[int, ...], dims: int = 2, in_channels: int = 3):
         super().__init__()
-        self.stride = 2 ** (len(widths) - 1)
-        channels = (3, *widths)
-        self.down = nn.ModuleList(_double_conv(cin, cout) for cin, cout in zip(channels[:-1], channels[1:]))
-        self.up = nn.ModuleList(_double_conv(deep + skip, skip) for deep, skip in zip(widths[:0:-1], widths[-2::-1]))
-        self.classifier = nn.Conv2d(widths[0], num_classes, 1)
+        self.stride, self.dims = 2 ** (len(widths) - 1), dims
+        channels = (in_channels, *widths)
+        self.down = nn.ModuleList(_double_conv(cin, cout, dims) for cin, cout in zip(channels[:-1], channels[1:]))
+        self.up = nn.ModuleList(_double_conv(deep + skip, skip, dims) for deep, skip in zip(widths[:0:-1], widths[-2::-1]))
+        self.classifier = (nn.Conv2d if dims == 2 else nn.Conv3d)(widths[0], num_classes, 1)
         self.backbone = self.down  # the encoder: what a caller asks about pretrained tensors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % self.stride, 0, -h % self.stride))
+        size = x.shape[2:]
+        x = F.pad(x, [pad for n in reversed(size) for pad in (0, -n % self.stride)])
+        pool, mode = (F.max_pool2d, "bilinear") if self.dims == 2 else (F.max_pool3d, "trilinear")
         skips = []
         for level, block in enumerate(self.down):
-            x = block(F.max_pool2d(x, 2) if level else x)
+            x = block(pool(x, 2) if level else x)
             skips.append(x)
         for block, skip in zip(self.up, skips[-2::-1]):
-            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
-        return self.classifier(x)[..., :h, :w]
+            x = block(torch.cat([F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False), skip], 1))
+        return self.classifier(x)[(..., *(slice(0, n) for n in size))]
 
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(conv_bn_relu(cin, cout, 3), conv_bn_relu(cout, cout, 3))
+def _double_conv(cin: int, cout: int, dims: int = 2) -> nn.Sequential:
+    if dims == 2:
+        return nn.Sequential(conv_bn_relu(cin, cout, 3), conv_bn_relu(cout, cout, 3))
+    return nn.Sequential(*(nn.Sequential(nn.Conv3d(c, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True),
+                                         nn.ReLU(inplace=True)) for c in (cin, cout)))
 
 
 class SMPSegmenter(nn.Module):
@@ -221,6 +227,7 @@ class ModelSpec:
     output_stride: int = 8
     widths: tuple[int, ...] = ()  # unet: channels per level
     slow_on_cpu: bool = False  # fit says so before a long CPU run
+    dims: int = 2  # spatial axes: 2 (images) or 3 (volumes)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -232,6 +239,7 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv3plus_r18": ModelSpec("resnet18", "deeplabv3plus", 16),
     "segformer_b2": ModelSpec("mit_b2", "segformer", 32),
     "unet_small": ModelSpec("", "unet", 1, widths=(16, 32, 64, 128)),
+    "unet3d": ModelSpec("", "unet", 1, widths=(16, 32, 64, 128), dims=3),
 }
 
 #: MiT encoder sizes (SegFormer paper, Table 6) and the all-MLP decoder width that goes with them.
@@ -299,8 +307,17 @@ def load_backbone_weights_from_state(backbone: nn.Module, state: dict, path, nam
     return len(matched), len(own)
 
 
-def build_model(name: str, num_classes: int, pretrained: str | Path | None = None) -> Segmenter:
-    """The registered model ``name`` with a ``num_classes`` head; backbone weights from ``pretrained`` (a local file)."""
+def model_dims(name: str) -> int:
+    """Spatial axes a model segments: 2 (images) or 3 (volumes, ``unet3d``)."""
+    return MODELS[name].dims if name in MODELS else 2
+
+
+def build_model(name: str, num_classes: int, pretrained: str | Path | None = None, in_channels: int = 3) -> Segmenter:
+    """The registered model ``name`` with a ``num_classes`` head; backbone weights from ``pretrained`` (a
+    local file). ``in_channels``: 3 for colour images; a volume's channel count (U-Nets only)."""
+    if name.startswith(SMP_PREFIX) or (name in MODELS and MODELS[name].family != "unet"):
+        if in_channels != 3:
+            raise SoftprepError(f"{name} takes colour images (3 channels), not {in_channels}; for volumes use --model unet3d")
     if name.startswith(SMP_PREFIX):
         return _smp(name, num_classes, pretrained)
     if name not in MODELS:
@@ -311,7 +328,7 @@ def build_model(name: str, num_classes: int, pretrained: str | Path | None = Non
     if spec.family == "unet":
         if pretrained is not None:
             raise SoftprepError(f"{name} has no pretrained weights (it is trained from scratch); drop --pretrained")
-        return UNet(num_classes, spec.widths)
+        return UNet(num_classes, spec.widths, spec.dims, in_channels)
     backbone = _backbone(spec)
     if pretrained is not None:
         loaded, total = load_backbone_weights(backbone, pretrained, spec.backbone)

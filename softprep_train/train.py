@@ -34,7 +34,8 @@ from softprep_train.data import IMAGENET_MEAN, IMAGENET_STD, Augment, StoreDatas
 from softprep_train.checkpoint import load_checkpoint_state, save_checkpoint
 from softprep_train.config import TrainConfig
 from softprep_train.losses import LOSSES
-from softprep_train.models import build_model, slow_on_cpu
+from softprep_train.models import build_model, model_dims, slow_on_cpu
+from softprep_train.volumes import VolumeDataset
 
 
 def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
@@ -179,6 +180,8 @@ class _Run:
     amp: str
     amp_dtype: torch.dtype | None
     loader: DataLoader
+    prepare: Callable[[torch.Tensor], torch.Tensor]  # the model's input from a batch's image (images: ImageNet-normalised)
+    finish: Callable  # the dataset's: a raw sparse sample -> dense tensors (on the device with densify="device")
     iteration: int = 0
     first_loss: float | None = None
     last_loss: float | None = None
@@ -198,7 +201,7 @@ class _Run:
             "dataset": spec.dataset, "palette": spec.palette, "kernel": spec.kernel, "antialias": spec.antialias,
             # the whole store spec it trained on (label and colour kernels, targets): what predict resamples with
             "store_spec": spec.root_attrs(complete=True),
-            "num_classes": spec.num_classes, "crop": list(self.crop),
+            "num_classes": spec.num_classes, "crop": list(self.crop), "in_channels": spec.image_channels,
             # the run's first and latest losses: a summary written after a resume covers the whole run
             "first_loss": self.first_loss, "last_loss": self.last_loss,
         })
@@ -232,22 +235,34 @@ def _set_up(config: TrainConfig, progress: bool) -> "_Run | dict":
         raise SoftprepError(f"--class-weights has {len(config.class_weights)} values; the store has {num_classes} classes "
                             f"({', '.join(store.classes[:4])}, ...): give one weight per class")
 
-    # --- data ---
+    # --- data: images (crops of a resize, flips) or volumes (3-D patches, flips) ---
     view = store.samples(config.split, config.scale)
+    axes = view.sizes.shape[1]
+    if model_dims(config.model) != axes:
+        raise SoftprepError(f"{config.model} segments {model_dims(config.model)}-D inputs; split {config.split!r} of "
+                            f"{config.store} holds {'volumes' if axes == 3 else 'images'}: use "
+                            f"{'--model unet3d' if axes == 3 else 'a 2-D model (--model unet_small, hrnetv2_w48, ...)'}")
     crop = tuple(config.crop) if config.crop else tuple(int(v) for v in view.sizes.min(axis=0))
+    if len(crop) != axes:
+        raise SoftprepError(f"--crop {'x'.join(map(str, crop))} has {len(crop)} sides; the store's "
+                            f"{'volumes have 3 (XxYxZ)' if axes == 3 else 'images have 2 (HxW)'}")
     densify = config.densify if config.densify != "auto" else ("device" if device.type == "cuda" else "worker")
     for value, registry, what in ((config.optimizer, OPTIMIZERS, "optimizer"), (config.loss, LOSSES, "loss")):
         if value not in registry:
             raise SoftprepError(f"unknown {what} {value!r}; choose one of {', '.join(registry)}")
-    dataset = StoreDataset(config.store, config.split, config.scale, Augment(crop), densify, cache=config.cache,
-                           nn_sampling=config.nn_sampling)
+    if axes == 3:  # intensities arrive standardised per volume
+        dataset, prepare = VolumeDataset(config.store, config.split, config.scale, crop, densify=densify, cache=config.cache,
+                                         nn_sampling=config.nn_sampling), (lambda image: image)
+    else:
+        dataset, prepare = StoreDataset(config.store, config.split, config.scale, Augment(crop), densify, cache=config.cache,
+                                        nn_sampling=config.nn_sampling), normalise
     batches_per_epoch = TrainSampler(dataset, config.batch_size, config.seed, 0, rank, world_size).batches_per_epoch()
     total = config.epochs * batches_per_epoch if config.epochs else config.iters
     class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device) if config.class_weights else None
 
     # --- model, optimiser, mixed precision ---
     torch.manual_seed(config.seed)
-    model = build_model(config.model, num_classes, config.pretrained).to(device)
+    model = build_model(config.model, num_classes, config.pretrained, spec.image_channels).to(device)
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), config)
     amp = config.amp if config.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -276,7 +291,8 @@ def _set_up(config: TrainConfig, progress: bool) -> "_Run | dict":
                         collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
                         prefetch_factor=4 if config.workers > 0 else None)
     return _Run(config, out, rank, world_size, device, store, crop, densify, batches_per_epoch, total, class_weights,
-                model, trained, optimizer, scaler, amp, amp_dtype, loader, iteration, first_loss, last_loss)
+                model, trained, optimizer, scaler, amp, amp_dtype, loader, prepare, dataset.finish, iteration, first_loss,
+                last_loss)
 
 
 def _train(run: _Run, progress: bool, on_epoch) -> dict:
@@ -291,7 +307,7 @@ def _train(run: _Run, progress: bool, on_epoch) -> dict:
         loaded = getattr(model.backbone, "pretrained_tensors", None)
         weights = f"pretrained {loaded[0]}/{loaded[1]} backbone tensors from {config.pretrained}" if loaded else "random init"
         print(f"fit: {config.model} ({weights}) on {device}, iterations {iteration} -> {total}, batch {config.batch_size} "
-              f"per process x {world_size}, crop {crop[0]}x{crop[1]}, loss {config.loss}{note}", flush=True)
+              f"per process x {world_size}, crop {'x'.join(map(str, crop))}, loss {config.loss}{note}", flush=True)
     log = open(out / ("log.jsonl" if rank == 0 else f"log.rank{rank}.jsonl"), "a")
     bar = tqdm(total=total, initial=iteration, desc="fit", unit="it", disable=None if progress and rank == 0 else True)
     start, wait, window_images, window_start, losses = time.perf_counter(), 0.0, 0, time.perf_counter(), []
@@ -302,7 +318,7 @@ def _train(run: _Run, progress: bool, on_epoch) -> dict:
         while iteration < stop and not signals.received:
             fetch = time.perf_counter()
             try:
-                batch = to_device(next(batches), device, num_classes)
+                batch = to_device(next(batches), device, num_classes, run.finish)
             except RuntimeError:
                 if signals.received:  # the signal also ended a DataLoader worker
                     break
@@ -312,7 +328,7 @@ def _train(run: _Run, progress: bool, on_epoch) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = trained(normalise(batch["image"]))
+                logits = trained(run.prepare(batch["image"]))
             loss = LOSSES[config.loss](logits, batch, config, run.class_weights)
             if not torch.isfinite(loss):
                 raise SoftprepError(f"loss is {loss.item()} at iteration {iteration} (lr {lr:.3g}); lower --lr, add "

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
 #: Extras whose documented examples train a model (docs/integration.md, docs/training.md).
-TRAINING_EXTRAS = ("lightning", "smp", "hf", "segformer")
+TRAINING_EXTRAS = ("lightning", "smp", "hf", "segformer", "monai")
 
 
 def test_dev_extra_holds_every_extra_without_referencing_itself():
