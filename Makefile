@@ -32,6 +32,7 @@ bench: install demo
 	$(BIN)/python benchmarks/bench_loader.py $(DEMO_STORE)
 	$(BIN)/python benchmarks/bench_fit.py --json bench-fit.json
 	$(BIN)/python benchmarks/bench_audit.py --json bench-audit.json
+	$(BIN)/python benchmarks/bench_volumes.py --json bench-volumes.json
 
 clean:
-	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache bench-results.json bench-fit.json bench-audit.json
+	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache bench-results.json bench-fit.json bench-audit.json bench-volumes.json

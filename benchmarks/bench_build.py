@@ -38,6 +38,7 @@ from softprep.datasets import get_dataset  # noqa: E402
 from softprep.softlabel import IGNORE_INDEX  # noqa: E402
 from softprep.info import disk_bytes  # noqa: E402
 from softprep.plan import resampling_plan  # noqa: E402
+from blocks import update_block  # noqa: E402
 from softprep.resample import nearest_labels, prepare_label, resize_image, soft_label  # noqa: E402
 from softprep.softlabel import pack  # noqa: E402
 from softprep.store import SOFT_LABEL_ARRAYS, chunk_codecs, create_store, open_store, write_shard  # noqa: E402
@@ -335,12 +336,7 @@ def markdown(r: dict) -> str:
 
 
 def update_readme(path: Path, table: str) -> None:
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    text = path.read_text()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{path}: no {begin} ... {end} block to replace")
-    head, rest = text.split(begin, 1)
-    path.write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    update_block(path, "bench", table)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ EXPECTED = {
     "bench_cluster.py": "S3 -> S3 on the cluster",
     "bench_audit.py": "target: 100 images in at most 60 s",
     "bench_fit.py": "against a bare loop's",
+    "bench_volumes.py": "softprep's exact soft labels",
 }
 
 
@@ -31,6 +32,9 @@ def test_benchmark_smoke_run(script):
     if script == "bench_cluster.py":
         pytest.importorskip("distributed")
         pytest.importorskip("moto")
+    if script == "bench_volumes.py":
+        pytest.importorskip("nilearn", reason="the ICBM152 volume comes with nilearn")
+        pytest.importorskip("nibabel")
     if script == "bench_audit.py" and not (BENCHMARKS.parents[1] / "shared" / "datasets" / "camvid").is_dir():
         pytest.skip("needs ../shared/datasets/camvid")
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], capture_output=True, text=True,
