@@ -17,6 +17,7 @@ against the real probability maps averaged (area) to the same grid: how much of 
 volume each rule recovers.
 
     python -m softprep.partial_volume --out docs/volumes-icbm     # writes table.json, table.md, slices.png
+    python -m softprep.partial_volume --msd icbm                  # the template as an MSD dataset folder
 """
 
 from __future__ import annotations
@@ -53,6 +54,24 @@ def icbm152() -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, ...]]:
     hard = np.argmax(fractions, axis=0).astype(np.uint8)
     spacing = tuple(float(v) for v in t1.header.get_zooms()[:3])
     return np.asarray(t1.get_fdata(), np.float32), hard, fractions, spacing
+
+
+def write_msd(folder: Path) -> Path:
+    """The template as a Medical Segmentation Decathlon folder (one case: the T1 and its hard tissues),
+    for trying ``softprep build --dataset nifti`` on real data offline."""
+    import nibabel
+
+    from nilearn.datasets import load_mni152_template
+
+    t1, hard, _, _ = icbm152()
+    affine = load_mni152_template(resolution=1).affine
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(t1, affine), folder / "imagesTr" / "icbm152_000.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(hard, affine), folder / "labelsTr" / "icbm152_000.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"name": "ICBM152 2009 tissues", "modality": {"0": "T1"},
+                                                     "labels": {str(c): name for c, name in enumerate(TISSUES)}}, indent=2))
+    return folder
 
 
 def rule_fractions(hard: np.ndarray, size: tuple[int, ...], rule: str) -> np.ndarray:
@@ -142,8 +161,14 @@ def slices(path: Path, mm: int = 3) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="Write the study (table.json, table.md, slices.png) here.")
+    parser.add_argument("--msd", type=Path, help="Write the template as an MSD dataset folder here instead.")
     args = parser.parse_args()
+    if args.msd:
+        print(f"wrote {write_msd(args.msd)}: imagesTr/, labelsTr/, dataset.json")
+        return
+    if not args.out:
+        parser.error("pass --out FOLDER (the study) or --msd FOLDER (the dataset)")
     args.out.mkdir(parents=True, exist_ok=True)
     result = study()
     (args.out / "table.json").write_text(json.dumps(result, indent=2))

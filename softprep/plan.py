@@ -107,6 +107,8 @@ def parse_target(text: str | float | Target) -> Target:
             raise SoftprepError(f"spacing {text!r}: expected mm per axis, e.g. 2x2x2mm") from None
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise SoftprepError(f"spacing {text!r}: every value must be a finite number of mm > 0, e.g. 2x2x2mm")
+        if len(values) == 3 and len(set(values)) == 1:  # one name per target: 2x2x2mm is 2mm
+            values = values[:1]
         return Target("spacing", values)
     short = re.fullmatch(r"short[:=]?(\d+)", raw)
     fit = re.fullmatch(r"fit[:=]?(\d+)x(\d+)", raw)

@@ -347,3 +347,29 @@ def test_volume_stores_refuse_strangers_folders_locks_and_changed_files(tmp_path
     problems = verify(out, jobs=1)
     assert any("train/2mm: image" in p and "mixed_weights" in p for p in problems), problems
     assert zarr.open_group(str(out), mode="r").attrs["softprep"]["complete"]  # damage is reported, never hidden
+
+
+def test_the_icbm152_study_and_its_page_match_a_fresh_run():
+    """docs/volumes-icbm/table.json is what `python -m softprep.partial_volume` computes now (area's drift
+    exactly 0 at every spacing), and docs/volumes.md shows that table."""
+    pytest.importorskip("nilearn", reason="the ICBM152 template comes with nilearn")
+    from softprep.partial_volume import markdown, study
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    committed = json.loads((docs / "volumes-icbm" / "table.json").read_text())
+    fresh = study()
+    assert fresh["volumes_ml"] == pytest.approx(committed["volumes_ml"])
+    assert [(r["spacing_mm"], r["rule"], r["size"]) for r in fresh["rows"]] == \
+        [(r["spacing_mm"], r["rule"], r["size"]) for r in committed["rows"]]
+    for mine, theirs in zip(fresh["rows"], committed["rows"]):
+        np.testing.assert_allclose(mine["drift_ml"], theirs["drift_ml"], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(mine["mae"], theirs["mae"], rtol=1e-6)
+        if mine["rule"] == "area":
+            assert mine["drift_ml"] == [0, 0, 0]
+        else:
+            assert max(abs(v) for v in mine["drift_ml"][1:]) > 0.4
+            assert all(m > a for m, a in zip(mine["mae"][1:], next(r["mae"][1:] for r in fresh["rows"]
+                                                                  if r["spacing_mm"] == mine["spacing_mm"] and r["rule"] == "area")))
+    page = (docs / "volumes.md").read_text()
+    block = page.split("<!-- volumes-icbm:begin -->\n", 1)[1].split("<!-- volumes-icbm:end -->", 1)[0]
+    assert block == markdown(committed)
