@@ -25,14 +25,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Every figure the docs quote is rewritten in its generated block (a quiet machine gives the real ones).
 bench: install demo
-	$(BIN)/python benchmarks/bench_build.py --json bench-results.json
-	$(BIN)/python benchmarks/bench_datasets.py
-	$(BIN)/python benchmarks/bench_cluster.py
-	$(BIN)/python benchmarks/bench_loader.py $(DEMO_STORE)
-	$(BIN)/python benchmarks/bench_fit.py --json bench-fit.json
-	$(BIN)/python benchmarks/bench_audit.py --json bench-audit.json
-	$(BIN)/python benchmarks/bench_volumes.py --json bench-volumes.json
+	$(BIN)/python benchmarks/bench_build.py --json bench-results.json --readme docs/performance.md
+	$(BIN)/python benchmarks/bench_datasets.py --readme docs/store.md
+	$(BIN)/python benchmarks/bench_cluster.py --images 24 --readme docs/clusters.md
+	$(BIN)/python benchmarks/bench_loader.py $(DEMO_STORE) --readme docs/training.md
+	$(BIN)/python benchmarks/bench_fit.py --json bench-fit.json --readme docs/performance.md
+	$(BIN)/python benchmarks/bench_audit.py --json bench-audit.json --readme docs/audit.md
+	$(BIN)/python benchmarks/bench_volumes.py --json bench-volumes.json --readme docs/performance.md
 
 clean:
 	rm -rf $(DEMO_DATA) $(DEMO_STORE) .$(DEMO_STORE).lock .pytest_cache bench-results.json bench-fit.json bench-audit.json bench-volumes.json

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from blocks import Report
+from measure import peak_rss_mib
+
+REPORT = Report()
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 
 
-def peak_rss_mib(images: int, root: str) -> float:
+def audit_peak_rss_mib(images: int, root: str) -> float:
     """Peak resident memory (MiB) of an in-process audit of ``images`` images, in a fresh process."""
-    code = (f"import resource; from softprep.audit import audit; from softprep.datasets import get_dataset; "
-            f"audit(get_dataset('camvid', {root!r}), ['0.125', '0.25'], limit={images}, jobs=1); "
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    return int(done.stdout.split()[-1]) / 1024
+    return peak_rss_mib(f"from softprep.audit import audit; from softprep.datasets import get_dataset\n"
+                        f"audit(get_dataset('camvid', {root!r}), ['0.125', '0.25'], limit={images}, jobs=1)")
 
 
 def main() -> None:
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="4 images, no memory runs: proves the script runs")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    parser.add_argument("--readme", type=Path, help="Write the figures into this file's bench-audit block.")
     args = parser.parse_args()
     if not Path(args.root).is_dir():
         sys.exit(f"{args.root}: CamVid not found (it lives in ../shared/datasets beside the repo)")
@@ -56,15 +58,16 @@ def main() -> None:
     rules = sorted({row.rule for row in report.rows})
     result = {"images": images, "scales": 2, "rules": rules, "skipped": report.skipped, "jobs": args.jobs,
               "audit_s": seconds, "decode_s": decode, "audit_over_decode": seconds / decode}
-    print(f"audit of {images} CamVid images x 2 scales x {len(rules)} rules (jobs {args.jobs}): {seconds:.1f} s; "
+    REPORT.say(f"audit of {images} CamVid images x 2 scales x {len(rules)} rules (jobs {args.jobs}): {seconds:.1f} s; "
           f"decoding them alone {decode:.2f} s (x{seconds / decode:.0f}); target: 100 images in at most 60 s")
     if not args.smoke:
-        small, large = peak_rss_mib(images // 5, args.root), peak_rss_mib(images, args.root)
+        small, large = audit_peak_rss_mib(images // 5, args.root), audit_peak_rss_mib(images, args.root)
         result.update(peak_rss_mib={str(images // 5): small, str(images): large})
-        print(f"peak memory, one process: {small:.0f} MiB for {images // 5} images, {large:.0f} MiB for {images} "
+        REPORT.say(f"peak memory, one process: {small:.0f} MiB for {images // 5} images, {large:.0f} MiB for {images} "
               f"(x{large / small:.2f}: bounded per image)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    REPORT.write(args.readme, "bench-audit", f"python benchmarks/bench_audit.py --images {images} --jobs {args.jobs}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ from softprep.datasets import get_dataset
 from softprep.demo import make_demo
 from softprep.location import location, tree_bytes
 
+from blocks import Report
+
+REPORT = Report()
+
 SCALES = (0.125, 0.25, 0.5)
 
 
@@ -35,6 +39,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=4)
     parser.add_argument("--smoke", action="store_true", help="4 images of 64x128: proves the script runs")
+    parser.add_argument("--readme", type=Path, help="Write the figures into this file's cluster block.")
     args = parser.parse_args()
     if args.smoke:
         args.images, args.size, args.shard_size = 4, "64x128", 2
@@ -45,7 +50,7 @@ def main() -> None:
         root = make_demo(tmp / "demo", train=args.images, val=0, size=size, seed=1)
         dataset = get_dataset("cityscapes", root)
         shards = -(-args.images // args.shard_size)
-        print(f"{args.images} demo images {size[1]}x{size[0]}, scales {' '.join(map(str, SCALES))}, "
+        REPORT.say(f"{args.images} demo images {size[1]}x{size[0]}, scales {' '.join(map(str, SCALES))}, "
               f"{shards} shards of {args.shard_size}, {args.jobs} workers, {os.cpu_count()} cores")
         from distributed import Client, LocalCluster
 
@@ -56,7 +61,7 @@ def main() -> None:
                 elapsed = timed_build(dataset, tmp / "s.zarr", args.jobs, scheduler, args.shard_size)
                 timings[name] = min(timings.get(name, elapsed), elapsed)
             for name, elapsed in timings.items():
-                print(f"  {name:<20} {elapsed:6.2f} s  {shards / elapsed:5.2f} shards/s  {args.images / elapsed:5.2f} images/s")
+                REPORT.say(f"  {name:<20} {elapsed:6.2f} s  {shards / elapsed:5.2f} shards/s  {args.images / elapsed:5.2f} images/s")
 
             from moto.server import ThreadedMotoServer
 
@@ -76,10 +81,11 @@ def main() -> None:
                       scheduler=s3_cluster.scheduler_address)
                 elapsed = time.perf_counter() - start
             read, written = tree_bytes(location("s3://bench/demo")), tree_bytes(location("s3://bench/s.zarr"))
-            print(f"  S3 -> S3 on the cluster (moto on loopback): {elapsed:6.2f} s, {args.images / elapsed:5.2f} images/s; "
+            REPORT.say(f"  S3 -> S3 on the cluster (moto on loopback): {elapsed:6.2f} s, {args.images / elapsed:5.2f} images/s; "
                   f"read {read / 2**20:.1f} MiB of PNGs, wrote a {written / 2**20:.1f} MiB store "
                   f"({len(fs.find('bench/s.zarr'))} objects)")
             server.stop()
+    REPORT.write(args.readme, "cluster", f"python benchmarks/bench_cluster.py --images {args.images}")
 
 
 if __name__ == "__main__":

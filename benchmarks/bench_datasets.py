@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from blocks import Report
+from measure import peak_rss_mib
+
+REPORT = Report()
 
 import numpy as np
 from PIL import Image
@@ -80,29 +83,23 @@ def bench_read(tmp: Path, scale: int = 1) -> dict:
     alone_s, alone_b = _read_cost(alone / "store.zarr", "x_000000_000019")
     result = {"mixed_ms": mixed_s * 1e3, "alone_ms": alone_s * 1e3, "mixed_bytes": mixed_b, "alone_bytes": alone_b,
               "time_ratio": mixed_s / alone_s, "bytes_ratio": mixed_b / alone_b}
-    print("1. read a 256x256 sample (image + soft label + NN), store with a 2100x2100 image vs its own store")
-    print(f"   time  {mixed_s * 1e3:6.2f} ms vs {alone_s * 1e3:6.2f} ms  ratio {result['time_ratio']:.2f}  (goal <= 2)")
-    print(f"   bytes {mixed_b:8d} vs {alone_b:8d}     ratio {result['bytes_ratio']:.2f}  (goal <= 2)")
+    REPORT.say("1. read a 256x256 sample (image + soft label + NN), store with a 2100x2100 image vs its own store")
+    REPORT.say(f"   time  {mixed_s * 1e3:6.2f} ms vs {alone_s * 1e3:6.2f} ms  ratio {result['time_ratio']:.2f}  (goal <= 2)")
+    REPORT.say(f"   bytes {mixed_b:8d} vs {alone_b:8d}     ratio {result['bytes_ratio']:.2f}  (goal <= 2)")
     return result
 
 
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
-_PEAK = """
+_BUILD = """
 import sys
-from pathlib import Path
 from softprep.build import build
 from softprep.datasets import get_dataset
 build(get_dataset("cityscapes", sys.argv[1]), sys.argv[2], [float(s) for s in sys.argv[4].split(",")],
       jobs=1, shard_size=int(sys.argv[3]), splits=["train"])
-print(next(line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")))
 """
 
 
 def _peak_rss_mib(root: Path, scales: str, shard_size: int) -> float:
-    out = root / f"peak-{shard_size}.zarr"
-    result = subprocess.run([sys.executable, "-c", _PEAK, str(root), str(out), str(shard_size), scales],
-                            capture_output=True, text=True, check=True)
-    return int(result.stdout.split()[-1]) / 1024
+    return peak_rss_mib(_BUILD, str(root), str(root / f"peak-{shard_size}.zarr"), str(shard_size), scales)
 
 
 def bench_memory(tmp: Path, scale: int = 1) -> dict:
@@ -110,9 +107,9 @@ def bench_memory(tmp: Path, scale: int = 1) -> dict:
     many = _write_pairs(tmp / "many", [(1024 // scale, 2048 // scale)] * (24 // scale))
     result = {"rss_24mp_mib": _peak_rss_mib(big, "0.125,0.25,0.5", 8),
               "rss_24x2mp_scale1_shard24_mib": _peak_rss_mib(many, "1.0", 24)}
-    print("2. peak RSS of one build process (goal <= 1024 MiB)")
-    print(f"   one 6000x4000 image at 0.125 0.25 0.5        {result['rss_24mp_mib']:7.0f} MiB")
-    print(f"   24 images 2048x1024 at 1.0, --shard-size 24  {result['rss_24x2mp_scale1_shard24_mib']:7.0f} MiB")
+    REPORT.say("2. peak RSS of one build process (goal <= 1024 MiB)")
+    REPORT.say(f"   one 6000x4000 image at 0.125 0.25 0.5        {result['rss_24mp_mib']:7.0f} MiB")
+    REPORT.say(f"   24 images 2048x1024 at 1.0, --shard-size 24  {result['rss_24x2mp_scale1_shard24_mib']:7.0f} MiB")
     return result
 
 
@@ -120,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     parser.add_argument("--smoke", action="store_true", help="images 8x smaller, fewer reads: proves the script runs")
+    parser.add_argument("--readme", type=Path, help="Write the figures into this file's bench-datasets block.")
     args = parser.parse_args()
     global READ_REPEATS
     scale = 8 if args.smoke else 1
@@ -130,6 +128,7 @@ def main() -> None:
         result = {"read": bench_read(tmp, scale), "memory": bench_memory(tmp, scale)}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    REPORT.write(args.readme, "bench-datasets", "python benchmarks/bench_datasets.py")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blocks import Report
+
+REPORT = Report()
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 #: Learning-curve points plus the final score, per 90-epoch run (the experiment's default).
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=120)
     parser.add_argument("--smoke", action="store_true", help="a tiny demo store, a few iterations: proves the script runs")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--readme", type=Path, help="Write the figures into this file's bench-fit block.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     iters = 8 if args.smoke else args.iters
@@ -108,11 +113,12 @@ def main() -> None:
     result = {"data": dataset_name, "fit_images_per_s": fit_rate, "bare_images_per_s": bare, "ratio": fit_rate / bare,
               "data_wait_share": wait, "evaluation_s": evaluation, "eval_images": len(pairs),
               "eval_share_of_a_90_epoch_run": eval_share, "iterations": summary["iterations"]}
-    print(f"fit {fit_rate:.1f} img/s against a bare loop's {bare:.1f} (x{fit_rate / bare:.2f}; goal >= 0.9); data wait "
+    REPORT.say(f"fit {fit_rate:.1f} img/s against a bare loop's {bare:.1f} (x{fit_rate / bare:.2f}; goal >= 0.9); data wait "
           f"{100 * wait:.0f}% (goal < 10%); one evaluation of {len(pairs)} {dataset_name} val images {evaluation:.1f} s: "
           f"{EVALUATIONS_PER_RUN} per 90-epoch run are {100 * eval_share:.0f}% of it (goal < 10%)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
+    REPORT.write(args.readme, "bench-fit", "python benchmarks/bench_fit.py", f"{dataset_name}, {iters} iterations after warm-up")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ augmentation, times a batch of samples both ways on this machine:
 Reported per image: read (zarr decode), finish (densify + geometry), and bytes a batch moves
 from worker to trainer. On a GPU machine the "device" finish runs on the GPU (pass --device cuda).
 
-    python benchmarks/bench_loader.py [STORE] [--scale 0.5] [--crop 256x512] [--device cpu] [--smoke]
+    python benchmarks/bench_loader.py [STORE] [--scale 0.5] [--crop 256x512] [--device cpu] [--readme FILE] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
+from blocks import Report
 from softprep_train.data import Augment, StoreDataset, finish_sample
+
+REPORT = Report()
 
 
 def tensor_bytes(item: dict) -> int:
@@ -35,6 +38,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--smoke", action="store_true", help="a tiny store of its own, 2 samples: proves the script runs")
+    parser.add_argument("--readme", type=Path, help="Write the figures into this file's bench-loader block.")
     args = parser.parse_args()
     if args.smoke:
         import tempfile
@@ -70,12 +74,13 @@ def main() -> None:
 
     sparse = sum(tensor_bytes(r) for r in raws) / len(raws)
     dense = sum(tensor_bytes(f) for f in finished_cpu) / len(finished_cpu)
-    print(f"store {args.store}, scale {args.scale}, crop {crop[0]}x{crop[1]}, {len(keys)} augmented samples, torch threads {torch.get_num_threads()}")
-    print(f"read (zarr decode, sparse)         {1e3 * read:7.1f} ms/img")
-    print(f"densify + geometry on CPU (worker) {1e3 * finish_cpu:7.1f} ms/img")
-    print(f"densify + geometry on {device.type:<4} (device) {1e3 * finish_device:7.1f} ms/img")
-    print(f"worker -> trainer bytes: dense {dense / 2**20:.2f} MiB/img, sparse {sparse / 2**20:.2f} MiB/img ({dense / sparse:.1f}x)")
+    REPORT.say(f"store {args.store}, scale {args.scale}, crop {crop[0]}x{crop[1]}, {len(keys)} augmented samples, torch threads {torch.get_num_threads()}")
+    REPORT.say(f"read (zarr decode, sparse)         {1e3 * read:7.1f} ms/img")
+    REPORT.say(f"densify + geometry on CPU (worker) {1e3 * finish_cpu:7.1f} ms/img")
+    REPORT.say(f"densify + geometry on {device.type:<4} (device) {1e3 * finish_device:7.1f} ms/img")
+    REPORT.say(f"worker -> trainer bytes: dense {dense / 2**20:.2f} MiB/img, sparse {sparse / 2**20:.2f} MiB/img ({dense / sparse:.1f}x)")
 
+    REPORT.write(args.readme, "bench-loader", "python benchmarks/bench_loader.py")
 
 if __name__ == "__main__":
     main()

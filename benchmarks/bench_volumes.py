@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from measure import peak_rss_mib
 
 import numpy as np
 
@@ -92,18 +92,6 @@ def torch_baseline(labels: np.ndarray, classes: int, sizes: list[tuple[int, ...]
         encoded = (order[:planes].to(torch.uint8), weights[:planes])
         del dense, encoded
     return time.perf_counter() - start
-
-
-#: The high-water mark of this process's resident memory (Linux keeps ``ru_maxrss`` across exec: a child
-#: of a large parent would report the parent's peak).
-PEAK = "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))"
-
-
-def peak_rss_mib(code: str) -> float:
-    """Peak resident memory (MiB) of a fresh process running ``code``."""
-    done = subprocess.run([sys.executable, "-c", f"{code}\n{PEAK}"], check=True, capture_output=True, text=True,
-                          cwd=Path(__file__).parent)
-    return int(done.stdout.split()[-1]) / 1024
 
 
 def build_code(folder: Path, out: Path) -> str:
