@@ -164,7 +164,7 @@ def split_profile(dataset, kernel: str) -> dict:
         start = time.perf_counter()
         [nearest_labels(label, p.nearest_rows, p.nearest_cols) for p in plans]
         times["nn"] += time.perf_counter() - start
-        results.append(process_sample(dataset, image, label, dict(zip(spec.targets, plans))))
+        results.append(process_sample(dataset, image, label, dict(zip(spec.target_names, plans))))
     with tempfile.TemporaryDirectory() as tmp:
         create_store(Path(tmp) / "s.zarr", spec)
         task = spec.tasks("train")[0]

@@ -411,7 +411,7 @@ def audit(dataset: Dataset, targets, split: str | None = None, rules: Sequence[s
     targets = parse_targets(targets)
     if not targets and not transform:
         raise SoftprepError("pass --scales (e.g. 0.125 0.25) or a --transform to audit")
-    if any(t.factor is not None and t.factor > 1 for t in targets):
+    if any(t.factors is not None and max(t.factors) > 1 for t in targets):
         raise SoftprepError("--scales: the audit measures downsampling; give factors <= 1 (e.g. 0.125 0.25)")
     names = list(rules) if rules else list(RULES)
     unknown = [name for name in names if name not in RULES]

@@ -85,7 +85,8 @@ def target_options(function):
     function = click.option("--short-side", multiple=True, metavar="PX",
                             help="Resize so the short side is PX pixels, e.g. --short-side 512 (upsamples smaller images).")(function)
     return click.option("--scales", multiple=True, metavar="FACTOR",
-                        help="Scale factors, e.g. --scales 0.125 0.25 0.5 (output size floor(side * factor)).")(function)
+                        help="Scale factors, e.g. --scales 0.125 0.25 0.5 (output size floor(side * factor)); "
+                        "a factor per axis as 0.5x0.5x1 (volumes).")(function)
 
 
 def parse_target_options(scales, short_side, fit, spacing=()) -> list:

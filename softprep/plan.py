@@ -33,10 +33,11 @@ class Target:
     """A resolution request.
 
     Attributes:
-        kind: ``"scale"`` (factor), ``"short"`` (short side in px), ``"fit"`` (box ``(h, w)`` in px)
-            or ``"spacing"`` (a volume's voxel size in mm per axis).
-        value: the factor (float), the short side (int), the box (``(h, w)`` ints) or the spacing
-            (floats, one per axis).
+        kind: ``"scale"`` (factor), ``"axes"`` (a factor per axis, e.g. a volume's ``0.5x0.5x1``),
+            ``"short"`` (short side in px), ``"fit"`` (box ``(h, w)`` in px) or ``"spacing"`` (a
+            volume's voxel size in mm per axis).
+        value: the factor (float), the factors (floats, one per axis), the short side (int), the box
+            (``(h, w)`` ints) or the spacing (floats, one per axis).
     """
 
     kind: str
@@ -51,6 +52,8 @@ class Target:
             return f"short{self.value}"
         if self.kind == "spacing":
             return "x".join(f"{v:g}" for v in self.value) + "mm"
+        if self.kind == "axes":
+            return "x".join(repr(float(v)) for v in self.value)
         return f"fit{self.value[0]}x{self.value[1]}"
 
     def __str__(self) -> str:
@@ -60,6 +63,11 @@ class Target:
     def factor(self) -> float | None:
         """The scale factor of a ``scale`` target, else None."""
         return float(self.value) if self.kind == "scale" else None
+
+    @property
+    def factors(self) -> tuple[float, ...] | None:
+        """The factor per axis of a ``scale`` (one, for every axis) or ``axes`` target, else None."""
+        return (float(self.value),) if self.kind == "scale" else tuple(self.value) if self.kind == "axes" else None
 
     def output_size(self, *sides: int, spacing: tuple[float, ...] | None = None) -> tuple[int, ...]:
         """The output size for a full-resolution size (``height, width``, or a volume's three sides).
@@ -73,6 +81,10 @@ class Target:
         """
         if self.kind == "scale":
             return tuple(max(1, math.floor(side * self.value)) for side in sides)
+        if self.kind == "axes":
+            if len(self.value) != len(sides):
+                raise SoftprepError(f"target {self.name}: {len(self.value)} factors for a {len(sides)}-axis image")
+            return tuple(max(1, math.floor(side * f)) for side, f in zip(sides, self.value))
         if self.kind == "spacing":
             if spacing is None:
                 raise SoftprepError(f"target {self.name}: a physical spacing needs the source's voxel size (a volume)")
@@ -99,6 +111,11 @@ def parse_target(text: str | float | Target) -> Target:
     if isinstance(text, Target):
         return text
     raw = str(text).strip().lower()
+    axes = re.fullmatch(r"[0-9.e+-]+(?:x[0-9.e+-]+)+", raw)
+    if axes:  # a factor per axis: 0.5x0.5x1
+        factors = tuple(parse_target(v).value for v in raw.split("x"))
+        # one name per target: a volume's 0.5x0.5x0.5 is 0.5 (as its 2x2x2mm is 2mm)
+        return Target("scale", factors[0]) if len(factors) == 3 and len(set(factors)) == 1 else Target("axes", factors)
     spacing = re.fullmatch(r"([0-9.e+-]+(?:x[0-9.e+-]+)*)mm", raw)
     if spacing:
         try:
@@ -151,7 +168,7 @@ def parse_targets(values) -> list[Target]:
     """
     words = [w for value in values for w in str(value).replace(",", " ").split()]
     targets = {parse_target(w).name: parse_target(w) for w in words}
-    order = {"scale": 0, "short": 1, "fit": 2, "spacing": 3}
+    order = {"scale": 0, "axes": 1, "short": 2, "fit": 3, "spacing": 4}
     return sorted(targets.values(), key=lambda t: (order[t.kind], t.value))
 
 

@@ -373,3 +373,22 @@ def test_the_icbm152_study_and_its_page_match_a_fresh_run():
     page = (docs / "volumes.md").read_text()
     block = page.split("<!-- volumes-icbm:begin -->\n", 1)[1].split("<!-- volumes-icbm:end -->", 1)[0]
     assert block == markdown(committed)
+
+
+def test_a_factor_per_axis_is_a_target_of_its_own(tmp_path):
+    """--scales 0.5x0.5x1 halves x and y and keeps z (floor per axis, as torch's scale_factor); equal
+    factors are the plain scale; a factor count that does not fit the volume is one line."""
+    from softprep.plan import parse_target
+
+    assert parse_target("0.5x0.5x1").name == "0.5x0.5x1.0" and parse_target("0.5x0.5x0.5").name == "0.5"
+    assert resampling_plan("area", False, (41, 36, 30), "0.5x0.5x1").size == (20, 18, 30)
+    root = write_msd(tmp_path / "data", cases=1)
+    out = tmp_path / "v.zarr"
+    result = _cli("build", "--dataset", "nifti", "--root", root, "--out", out, "--scales", "0.5x0.5x1", "--jobs", "1")
+    assert result.returncode == 0, result.stderr
+    view = open_store(out).samples("train", "0.5x0.5x1.0")
+    _, label = get_dataset("nifti", root).read_pair(get_dataset("nifti", root).samples("train")[0])
+    reference = F.interpolate(one_hot(label), size=tuple(view.sizes[0]), mode="area")[0].numpy()
+    np.testing.assert_allclose(view[0].soft(), reference, atol=1e-6)
+    bad = _cli("build", "--dataset", "nifti", "--root", root, "--out", tmp_path / "w.zarr", "--scales", "0.25x0.5", "--jobs", "1")
+    assert bad.returncode == 1 and "2 factors for a 3-axis image" in bad.stderr and bad.stderr.count("\n") == 1

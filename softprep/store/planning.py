@@ -48,7 +48,7 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
         raise SoftprepError("no target resolution: pass --scales (e.g. 0.125 0.25 0.5), --short-side or --fit")
     if shard_size < 1:
         raise SoftprepError(f"shard size must be >= 1, got {shard_size}")
-    enlarging = [t.name for t in targets if t.factor is not None and t.factor > 1]
+    enlarging = [t.name for t in targets if t.factors is not None and max(t.factors) > 1]
     if enlarging and not allow_upsampling:
         raise SoftprepError(f"--scales {' '.join(enlarging)}: a factor above 1 enlarges every image "
                             f"({enlarging[0]}x each side); pass --allow-upsampling if that is intended, "
@@ -63,7 +63,8 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
     for split, found in spec.splits.items():  # every plan once now: an impossible size fails before any work
         for i, sides in enumerate(found.sizes):
             where, size, pixels = dataset.root / found.images[i], _size_text(sides), math.prod(sides)
-            vanishing = [t for t in targets if t.factor is not None and math.floor(min(sides) * t.factor) < 1]
+            vanishing = [t for t in targets if t.factors is not None
+                         and any(math.floor(side * f) < 1 for side, f in zip(sides, t.factors * len(sides)))]
             if vanishing:
                 raise SoftprepError(f"{where}: --scales {vanishing[0].name} makes this {size} image smaller than "
                                     f"one pixel (floor(side x factor) = 0); use factors of at least 1/{min(sides)}")
