@@ -86,7 +86,7 @@ def _class_weights(path: Path | None) -> list[float] | None:
 @click.option("--mc/--no-mc", default=default("mc"), show_default=True, help="KL over multi-class pixels too, or single-class pixels only.")
 @click.option("--class-weights", type=click.Path(dir_okay=False, path_type=Path), help="JSON list of per-class loss weights.")
 @click.option("--split", default=default("split"), show_default=True, help="Store split to train on.")
-@click.option("--crop", type=SIZE, default=None, help="Crop HxW (default: the smallest stored size at --scale; every image's when all are equal).")
+@click.option("--crop", type=SIZE, default=None, help="Crop HxW (volumes: patch XxYxZ; default: the smallest stored size at --scale; every image's when all are equal).")
 @click.option("--batch-size", default=default("batch_size"), show_default=True, help="Images per step per process (global batch = this x processes).")
 @click.option("--iters", default=default("iters"), show_default=True, help="Iterations (ignored with --epochs).")
 @click.option("--epochs", type=int, default=default("epochs"), help="Train for this many epochs instead of --iters.")

@@ -392,3 +392,29 @@ def test_a_factor_per_axis_is_a_target_of_its_own(tmp_path):
     np.testing.assert_allclose(view[0].soft(), reference, atol=1e-6)
     bad = _cli("build", "--dataset", "nifti", "--root", root, "--out", tmp_path / "w.zarr", "--scales", "0.25x0.5", "--jobs", "1")
     assert bad.returncode == 1 and "2 factors for a 3-axis image" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_show_draws_three_orthogonal_slices_of_a_volume(tmp_path):
+    """`softprep show` on a volume store: three rows (sagittal, coronal, axial) of intensity, hard labels and
+    the class's soft weight; each hard-label panel shows exactly the palette colours of its central slice."""
+    root = write_msd(tmp_path / "data", cases=1)
+    out = tmp_path / "v.zarr"
+    assert _cli("build", "--dataset", "nifti", "--root", root, "--out", out, "--spacing", "2", "--jobs", "1").returncode == 0
+    picture = tmp_path / "show.png"
+    result = _cli("show", out, "case_000", "--scale", "2mm", "--classes", "vessel", "--out", picture)
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    from softprep.show import CAPTION
+
+    pixels = np.asarray(Image.open(picture).convert("RGB"))
+    store = open_store(out)
+    sample = store.samples("train", "2mm")[0]
+    panel, caption = 240, max(CAPTION, 240 // 24)
+    assert pixels.shape[1] == 3 * panel and pixels.shape[0] > 3 * (panel + caption)
+    palette = np.asarray(store.spec.palette, np.uint8)
+    hard, centre = sample.nn(), [n // 2 for n in sample.shape]
+    for row, cut in enumerate((hard[centre[0]], hard[:, centre[1]], hard[:, :, centre[2]])):
+        top = row * (panel + caption) + caption
+        shown = pixels[top:top + panel, panel:2 * panel].reshape(-1, 3)
+        assert {tuple(c) for c in np.unique(shown, axis=0)} == {tuple(palette[c]) for c in np.unique(cut)}
