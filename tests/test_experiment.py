@@ -41,7 +41,9 @@ def test_quick_experiment_writes_a_complete_report_and_resumes(tmp_path):
         assert (folder / "last.pt").is_file()
         command = (folder / "command.txt").read_text()
         assert command.startswith("softprep-train fit --store ") and f"--seed {run['seed']}" in command
-        assert ("--nn-sampling centre" in command) == (run["arm"] == "nn-centred")
+        # the nn arm is torch `nearest` (what pipelines do), named in full since centres are the default
+        assert ("--nn-sampling floor" in command) == (run["arm"] == "nn")
+        assert ("--loss ce-nn" in command) == (run["arm"] in ("nn", "nn-centred"))
     names = [c["name"] for c in report["primary"]]
     assert names == ["soft - nn @ 1/8", "soft - nn-centred @ 1/8", "nn-centred - nn @ 1/8", "soft-no-mc - soft @ 1/8",
                      "soft-bilinear - soft @ 1/8"]

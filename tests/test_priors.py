@@ -104,11 +104,14 @@ def test_demo_store_half_is_exact_zero_and_eighth_is_not(demo_prior_store):
 def test_json_schema_full_precision(demo_prior_store):
     table = store_priors(open_store(demo_prior_store))
     data = json.loads(render(table, "json"))
-    assert set(data) == {"split", "classes", "counts", "original_prior", "rows"}
+    assert set(data) == {"split", "classes", "counts", "original_prior", "volumes_ml", "rows"}
+    assert data["volumes_ml"] is None  # images: no volumes in mL
     assert data["split"] == "train" and len(data["classes"]) == C and len(data["counts"]) == C
     assert sum(data["original_prior"]) == pytest.approx(1.0, abs=1e-12)
     for r, original in zip(data["rows"], table.rows):
-        assert set(r) == {"strategy", "target", "exact", "prior", "discrepancy", "discrepancy_fraction", "sum_abs", "max_abs"}
+        assert set(r) == {"strategy", "target", "exact", "prior", "discrepancy", "discrepancy_fraction", "sum_abs", "max_abs",
+                          "drift_ml"}
+        assert r["drift_ml"] is None
         assert [Fraction(f) for f in r["discrepancy_fraction"]] == original.discrepancy
         assert r["discrepancy"] == [float(d) for d in original.discrepancy]  # unscaled
         np.testing.assert_allclose(np.array(data["original_prior"]) - np.array(r["prior"]), r["discrepancy"], atol=1e-15)

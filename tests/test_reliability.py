@@ -162,7 +162,16 @@ def test_kill_at_random_moments_of_the_whole_build_then_resume_is_identical(data
 def test_interrupted_creation_leftovers_and_empty_folders_are_cleared(data, tmp_path):
     out = tmp_path / "s.zarr"
     creating_path(out).mkdir()
-    (creating_path(out) / "zarr.json").write_text("{")  # a torn creation
+    (creating_path(out) / "zarr.json").write_text("{")  # torn: zarr writes every file atomically, so not softprep's
+    refused = softprep(*build_args(data, out))
+    assert_one_line_error(refused, f"{creating_path(out)}: is a folder holding zarr.json, without softprep's store marker",
+                          "will not delete it")
+    assert (creating_path(out) / "zarr.json").read_text() == "{"
+    # what a killed creation leaves: the marked root (written first, atomically), a chunk's temporary file
+    marker = {"zarr_format": 3, "node_type": "group", "attributes": {"softprep": {"format": "softprep-store", "creating": True}}}
+    (creating_path(out) / "zarr.json").write_text(json.dumps(marker))
+    (creating_path(out) / "train").mkdir()
+    (creating_path(out) / "train" / "zarr.json.0a1b.partial").write_bytes(b"{")
     result = softprep(*build_args(data, out))
     assert result.returncode == 0, result.stderr
     assert not creating_path(out).exists() and open_store(out).complete

@@ -87,9 +87,11 @@ def plan_store(dataset: Dataset, splits: Iterable[str] | None, targets: Iterable
     return spec
 
 
-def _size_text(sides) -> str:
-    """An image's size as a user reads it: ``WxH`` (width first), a volume's ``XxYxZ``."""
-    return f"{sides[1]}x{sides[0]}" if len(sides) == 2 else "x".join(map(str, sides))
+def _size_text(sides, unit: bool = True) -> str:
+    """An image's size as a user reads it: ``"128x64 (WxH)"`` (width first), a volume's ``"64x64x32 (XxYxZ)"``;
+    ``unit=False`` leaves out the bracket."""
+    text = f"{sides[1]}x{sides[0]}" if len(sides) == 2 else "x".join(map(str, sides))
+    return text + (" (WxH)" if len(sides) == 2 else " (XxYxZ)") if unit else text
 
 
 def split_spec(dataset: Dataset, split: str) -> SplitSpec:
@@ -132,7 +134,7 @@ def source_difference(split: str, stored: SplitSpec, found: SplitSpec, built: np
         return f"{split} image #{first} is {mine} here, {theirs} in the store"
     for i, (a, b) in enumerate(zip(stored.sizes, found.sizes)):
         if list(a) != list(b):
-            return f"{split} image {printable(found.ids[i])} is {b[1]}x{b[0]} here, {a[1]}x{a[0]} in the store (WxH)"
+            return f"{split} image {printable(found.ids[i])} is {_size_text(b)} here, {_size_text(a)} in the store"
     for i, (a, b) in enumerate(zip(stored.label_digests or [], found.label_digests or [])):
         if a != b and (built is None or built[i]):
             return f"{split} image {printable(found.ids[i])}: its label file {printable(found.labels[i])} differs"
@@ -144,11 +146,12 @@ def upsampling_notes(spec: StoreSpec) -> list[str]:
     notes = []
     for target in spec.targets:
         for split, split_spec in spec.splits.items():
-            grown = [i for i in range(len(split_spec.ids)) if spec.plan(split, i, target).size[0] > split_spec.sizes[i][0]]
+            grown = [i for i in range(len(split_spec.ids))
+                     if any(out > source for out, source in zip(spec.plan(split, i, target).size, split_spec.sizes[i]))]
             if grown:
                 plan = spec.plan(split, grown[0], target)
-                notes.append(f"note: target {target} upsamples {len(grown)} {split} image(s), e.g. {split_spec.ids[grown[0]]} "
-                             f"{_size_text(plan.source)} -> {_size_text(plan.size)}")
+                notes.append(f"note: target {target} upsamples {len(grown)} {split} image(s), e.g. "
+                             f"{printable(split_spec.ids[grown[0]])} {_size_text(plan.source, unit=False)} -> {_size_text(plan.size)}")
     return notes
 
 

@@ -4,6 +4,7 @@ from an unknown source is bounded before anything is allocated (:func:`check_sto
 from __future__ import annotations
 
 import json
+import os
 import math
 from functools import cached_property
 from pathlib import Path
@@ -62,6 +63,8 @@ def check_store_files(path) -> None:
     """
     local = not is_remote(path)
     for file in path.rglob("*"):
+        if local and not file.is_symlink() and not os.path.lexists(file):
+            continue  # renamed or removed since listed: a live build's temporary chunk file
         if local and (file.is_symlink() or not (file.is_file() or file.is_dir())):
             raise SoftprepError(f"{file}: not a regular file inside the store (a link or device); refusing to read "
                                 "this store: rebuild it or restore the file")
