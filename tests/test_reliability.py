@@ -286,7 +286,7 @@ def test_oversized_image_is_refused_at_planning(tmp_path):
         Image.new(mode, (8000, 5000)).save(root / kind / "train" / "x" / name)
     assert (root / "gtFine" / "train" / "x" / "x_000000_000019_gtFine_labelTrainIds.png").stat().st_size < 300_000
     result = softprep("build", "--root", root, "--out", tmp_path / "s.zarr", "--scales", "0.125")
-    assert_one_line_error(result, "x_000000_000019_leftImg8bit.png", "8000x5000 is 40.0 megapixels", "--max-pixels")
+    assert_one_line_error(result, "x_000000_000019_leftImg8bit.png", "8000x5000 (WxH) is 40.0 megapixels", "--max-pixels")
     ok = softprep("build", "--root", root, "--out", tmp_path / "s.zarr", "--scales", "0.125", "--max-pixels", "50000000")
     assert ok.returncode == 0, ok.stderr
 
