@@ -23,8 +23,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
-
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,8 @@ def paired_t(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> PairedT:
     if se == 0:
         p = 1.0 if mean == 0 else 0.0
         return PairedT(mean, mean, mean, p, n, float(level))
+    from scipy import stats  # here: scipy.stats costs every `eval` 0.7 s at start-up
+
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se
     p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
     return PairedT(mean, mean - half, mean + half, p, n, float(level))

@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -254,6 +253,8 @@ MIN_PRETRAINED_MATCH = 0.5
 
 
 def _backbone(spec: ModelSpec) -> nn.Module:
+    import timm  # here, not at the top: it pulls in torchvision and torch._dynamo (2 s), which unet_small never needs
+
     options: dict = {"features_only": True}
     if spec.family == "hrnetv2":
         options.update(feature_location="", out_indices=(1, 2, 3, 4))  # raw branches at 1/4 .. 1/32

@@ -8,7 +8,9 @@ id, `OUT` by a fresh folder; `../shared` is the shared folder beside the reposit
 preceded by `<!-- docs-test: skip: WHY -->` is not run (the few too heavy for a test: a training
 run of thousands of iterations, a cluster), and a `python` block whose first line is
 `# file: NAME.py` is written to that file for the blocks after it. A `json` block is a
-`classes.json`: it must load as the folder adapter's class table.
+`classes.json`: it must load as the folder adapter's class table. A training command runs at
+most 4 iterations (`--iters 40` becomes `--iters 4`): the page's length is for its printed output,
+the test checks that the command runs.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def substitute(code: str, project: Path) -> str:
 
     for name, value in PLACEHOLDERS:
         code = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", value, code)
+    code = re.sub(r"--iters (\d+)", lambda m: f"--iters {min(int(m.group(1)), 4)}", code)
     image_id = open_store(project / "demo-store.zarr").spec.splits["train"].ids[0]
     return code.replace("IMAGE_ID", image_id)
 

@@ -30,7 +30,8 @@ from softprep.store import SplitSpec, creating_path, deleting_path, shard_file, 
 from softprep.verify import verify
 from tests.conftest import comparable_bytes
 
-KILLS = 20
+# Kills per randomised kill test; a soak run raises it (SOFTPREP_KILLS=200 pytest -k killed).
+KILLS = int(os.environ.get("SOFTPREP_KILLS", "10"))
 
 
 def softprep(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -115,15 +116,15 @@ def phase_of(out: Path) -> str:
 
 
 def test_kill_at_random_moments_of_the_whole_build_then_resume_is_identical(data, tmp_path):
-    """KILLS SIGKILLs at uniformly random moments of a whole build (start-up, creation, shards,
-    completion) and of an --overwrite rebuild (deletion first) of a store built from *another*
-    dataset of the same layout, one in five aimed into creation; each killed store is finished by
-    rerunning without --overwrite (where the other dataset's store is still whole, that rerun is
+    """KILLS SIGKILLs at random moments of a whole build (start-up, creation, shards, completion)
+    and of an --overwrite rebuild (deletion first) of a store built from *another* dataset of the
+    same layout, one in five aimed into creation and one in five into a fresh build's shards; each
+    killed store is finished by rerunning without --overwrite (where the other dataset's store is still whole, that rerun is
     refused, never called complete, and the --overwrite rebuild is rerun) and equals a clean build
     file for file, byte for byte."""
     reference = tmp_path / "reference.zarr"
     started = time.perf_counter()
-    creation, _ = watch_phases(build_args(data, reference))
+    creation, shards = watch_phases(build_args(data, reference))
     duration = time.perf_counter() - started
     other_data = make_demo(tmp_path / "other", train=8, val=3, size=(64, 128), seed=6)
     other = tmp_path / "other.zarr"
@@ -139,6 +140,8 @@ def test_kill_at_random_moments_of_the_whole_build_then_resume_is_identical(data
             args = [*args, "--overwrite"]
         if k % 5 == 0:  # creation is short: aim some kills into it
             kill_during(args, "creation", rng.uniform(0, creation))
+        elif k % 5 in (2, 4) and not k % 2:  # and some into the shards of a fresh build
+            kill_during(args, "shards", rng.uniform(0, shards))
         else:
             kill_after(args, rng.uniform(0, duration * 1.1))
         phase = phase_of(out)
@@ -155,7 +158,7 @@ def test_kill_at_random_moments_of_the_whole_build_then_resume_is_identical(data
         assert not creating_path(out).exists() and not deleting_path(out).exists()
         same_files(reference, out)
         shutil.rmtree(out)
-    assert hits.get("shards", 0) >= 3 and hits.get("creation", 0) + hits.get("deletion", 0) >= 1, hits
+    assert hits.get("shards", 0) >= 2 and hits.get("creation", 0) + hits.get("deletion", 0) >= 1, hits
     print(f"kills by phase: {hits}; refused stale stores: {refused}; identical resumes: {KILLS}")
 
 
@@ -557,7 +560,7 @@ def test_eval_refuses_a_root_whose_labels_are_not_the_stores(data, tmp_path):
     assert right.returncode == 0 and "mIoU" in right.stdout, right.stderr
 
 
-ITERS = "30"
+ITERS = "16"
 
 
 def _fit_args(store: Path, out: Path, *extra) -> list:
